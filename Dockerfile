@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# Production image: CUDA runtime, the package and its dependencies, `serve run` of the
+# production config. Model weights are not baked in: they download to (or are mounted at)
+# the Hugging Face cache volume.
+#
+#   docker build -t asr-service .
+#   docker run --gpus all -p 8000:8000 -v hf-cache:/home/app/.cache/huggingface asr-service
+
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+FROM ${CUDA_IMAGE} AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY serve_app ./serve_app
+# torch's default wheel on Linux is the CUDA build.
+RUN pip install --upgrade pip && pip install .
+
+FROM ${CUDA_IMAGE} AS runtime
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 libsndfile1 curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 app
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/home/app/.cache/huggingface \
+    PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY configs ./configs
+USER app
+VOLUME ["/home/app/.cache/huggingface"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
+CMD ["serve", "run", "configs/prod.yaml"]

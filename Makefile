@@ -1,0 +1,40 @@
+# Two commands for a fresh machine with only Python and pip:
+#   make serve   set everything up and run the service on http://127.0.0.1:8000
+#   make test    set everything up and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch for local use; GPU hosts install the package's range instead.
+TORCH_LOCAL := torch==2.13.0
+DEMO_MODEL := models/whisper-base
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test demo-model bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet $(TORCH_LOCAL)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Idempotent: returns at once when a complete checkpoint is already there.
+demo-model: $(STAMP)
+	$(PY) -m serve_app.demo_model --output $(DEMO_MODEL)
+
+setup: demo-model
+
+serve: setup
+	@echo "Starting the service on http://127.0.0.1:8000 (Ctrl-C stops it)"
+	$(VENV)/bin/serve run configs/local.yaml
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) $(DEMO_MODEL)

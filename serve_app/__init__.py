@@ -1,0 +1,1 @@
+"""Speech recognition served on Ray Serve."""

@@ -1,0 +1,72 @@
+"""Model families behind one interface; the family is read from the checkpoint's config.
+
+Importing this package is cheap and torch-free (the ingress imports the option types);
+torch and transformers load only when a backend is built inside the model deployment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from serve_app.backends.base import ASRBackend, BackendInfo, ChunkResult, DecodeOptions
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "ASRBackend",
+    "BackendInfo",
+    "ChunkResult",
+    "DecodeOptions",
+    "load_backend",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+# config.model_type -> family; a new family is one file plus one line here.
+FAMILIES = {"whisper": "whisper", "glmasr": "glm_asr"}
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was configured but no GPU is visible")
+    return setting
+
+
+def resolve_dtype(setting: str, device: str) -> "torch.dtype":
+    """FP16 on GPUs (half the memory, tensor cores); FP32 on CPU, where FP16 is slow."""
+    import torch
+
+    if setting == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+def detect_family(model_id: str, revision: str | None = None) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_id, revision=revision)
+    family = FAMILIES.get(config.model_type)
+    if family is None:
+        raise ValueError(
+            f"{model_id}: model_type {config.model_type!r} is not a supported ASR family "
+            f"(supported: {', '.join(sorted(FAMILIES))})"
+        )
+    return family
+
+
+def load_backend(
+    model_id: str, *, device: str, dtype: "torch.dtype", revision: str | None = None
+) -> ASRBackend:
+    family = detect_family(model_id, revision)
+    if family == "whisper":
+        from serve_app.backends.whisper import WhisperBackend
+
+        return WhisperBackend(model_id, device=device, dtype=dtype, revision=revision)
+    from serve_app.backends.glm_asr import GlmAsrBackend
+
+    return GlmAsrBackend(model_id, device=device, dtype=dtype, revision=revision)

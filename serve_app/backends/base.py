@@ -1,0 +1,53 @@
+"""The small interface every model family implements.
+
+Backends are pure torch/transformers: no Ray, no HTTP. They take 16 kHz mono float32
+arrays and return one result per array, so the model deployment can batch chunks from
+many requests without knowing which family it serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000  # every backend consumes 16 kHz mono float32
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-chunk decoding parameters. Chunks batch together only when these are equal."""
+
+    language: str | None = None  # ISO-639-1; None lets the model detect it
+    task: str = "transcribe"  # "transcribe" or "translate" (to English)
+    prompt: str | None = None  # text that primes spelling/context
+    temperature: float = 0.0  # 0 = greedy
+    max_new_tokens: int | None = None  # None = the backend's own bound
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk produced. Failures are values so batch mates are unaffected."""
+
+    text: str = ""
+    language: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    model_id: str
+    family: str  # "whisper" or "glm_asr"
+    can_translate: bool
+    languages: tuple[str, ...] = field(default_factory=tuple)  # empty = not enumerated
+
+
+class ASRBackend(Protocol):
+    info: BackendInfo
+
+    def transcribe_batch(
+        self, audios: list[np.ndarray], options: DecodeOptions
+    ) -> list[ChunkResult]:
+        """Transcribe a padded batch; one result per input, in order."""
+        ...

@@ -1,0 +1,183 @@
+"""GLM-ASR backend (`zai-org/GLM-ASR-Nano-2512`): a Whisper-style encoder feeding a Llama LM.
+
+The model is prompted through its chat template: the processor's
+`apply_transcription_request` puts each chunk's audio placeholder and an instruction in one
+user turn, left-pads the batch and returns the log-mel features; `generate` continues after
+`<|assistant|>`. Only the new tokens are decoded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoProcessor, GlmAsrForConditionalGeneration
+
+from serve_app.backends.base import SAMPLE_RATE, BackendInfo, ChunkResult, DecodeOptions
+
+# `config.model_type` of GLM-ASR checkpoints; load_backend picks this family from it.
+GLM_ASR_MODEL_TYPE = "glmasr"
+FAMILY = "glm_asr"
+
+MAX_CHUNK_SECONDS = 30
+# 480000 samples: one feature-extractor window. A longer array would be split by the
+# processor into several windows of one prompt, which breaks one-result-per-chunk.
+MAX_CHUNK_SAMPLES = MAX_CHUNK_SECONDS * SAMPLE_RATE
+# 1600 samples = 0.1 s. Below ~0.06 s the encoder yields zero audio tokens, and the LM
+# would then "transcribe" a prompt with no audio in it; nothing this short holds a word.
+MIN_SPEECH_SAMPLES = SAMPLE_RATE // 10
+
+# Bound on generated tokens per second of audio. Dense speech is ~4 words/s in English
+# and ~5-6 characters/s in Mandarin, each about one token; 10/s is about twice the
+# densest speech, so only a degenerate repetition loop reaches it. The floor covers the
+# end-of-text token and very short chunks.
+TOKENS_PER_SECOND = 10
+MIN_NEW_TOKENS = 16
+
+# The model card names Mandarin, Cantonese and English as the optimised languages; the
+# wider "17 languages" list is published only as an image. Codes follow Whisper
+# (ISO-639-1, plus "yue" for Cantonese, which has no 639-1 code).
+LANGUAGE_NAMES: dict[str, str] = {"zh": "Mandarin Chinese", "yue": "Cantonese", "en": "English"}
+
+
+def is_glm_asr_config(config: Any) -> bool:
+    """True for a transformers config (or anything with `model_type`) of this family."""
+    return getattr(config, "model_type", None) == GLM_ASR_MODEL_TYPE
+
+
+def max_new_tokens_for(n_samples: int) -> int:
+    """The default generation bound for a chunk of `n_samples` samples."""
+    return MIN_NEW_TOKENS + math.ceil(n_samples / SAMPLE_RATE * TOKENS_PER_SECOND)
+
+
+def check_audio(audio: object) -> str | None:
+    """Why this array cannot be transcribed, or None when it can."""
+    if not isinstance(audio, np.ndarray):
+        return f"audio must be a numpy array, got {type(audio).__name__}"
+    if audio.ndim != 1:
+        return f"audio must be 1-D mono, got shape {audio.shape}"
+    if audio.dtype != np.float32:
+        return f"audio must be float32, got {audio.dtype}"
+    if audio.shape[0] > MAX_CHUNK_SAMPLES:
+        seconds = audio.shape[0] / SAMPLE_RATE
+        return f"chunk is {seconds:.2f} s, longer than {MAX_CHUNK_SECONDS} s"
+    if not np.isfinite(audio).all():
+        return "audio contains NaN or Inf samples"
+    return None
+
+
+class GlmAsrBackend:
+    """Loads one GLM-ASR checkpoint and transcribes padded batches of chunks."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        revision: str | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+        self.model = GlmAsrForConditionalGeneration.from_pretrained(
+            model_id, revision=revision, dtype=dtype
+        )
+        self.model.to(self.device).eval()
+        self.info = BackendInfo(
+            model_id=model_id,
+            family=FAMILY,
+            can_translate=False,
+            languages=tuple(LANGUAGE_NAMES),
+        )
+        # Special-token strings (e.g. "<|assistant|>") in a user's prompt would be parsed
+        # as control tokens and could end the user turn early; they are removed.
+        self._control_strings = sorted(
+            self.processor.tokenizer.get_added_vocab(), key=len, reverse=True
+        )
+
+    def validate_options(self, options: DecodeOptions) -> None:
+        """Raise ValueError for options this model cannot honour."""
+        if options.task != "transcribe":
+            raise ValueError(f"task {options.task!r} is not supported: GLM-ASR only transcribes")
+        if options.language is not None and options.language not in LANGUAGE_NAMES:
+            supported = ", ".join(LANGUAGE_NAMES)
+            raise ValueError(f"language {options.language!r} is not supported ({supported})")
+        if options.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if options.max_new_tokens is not None and options.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+
+    def instruction(self, options: DecodeOptions) -> str:
+        """The user-turn text for these options.
+
+        With no hints this is exactly the processor's default instruction, the one the
+        model was trained with. Language and prompt hints are appended as plain
+        sentences: the model has no language token or prompt slot, and the processor's
+        only hook is this free-text instruction.
+        """
+        base = self.processor.default_transcription_prompt
+        hints: list[str] = []
+        if options.language is not None:
+            hints.append(f"The speech is in {LANGUAGE_NAMES[options.language]}.")
+        prompt = self._strip_control(options.prompt or "")
+        if prompt:
+            hints.append(f"Context: {prompt}")
+        return " ".join([f"{base}.", *hints]) if hints else base
+
+    def transcribe_batch(
+        self, audios: list[np.ndarray], options: DecodeOptions
+    ) -> list[ChunkResult]:
+        """Transcribe a padded batch; one result per input, in order.
+
+        Invalid options or arrays come back as per-chunk errors. A failure of the model
+        itself (e.g. out of memory) raises, since it is not the fault of any one chunk.
+        """
+        try:
+            self.validate_options(options)
+        except ValueError as exc:
+            return [ChunkResult(error=str(exc)) for _ in audios]
+
+        results: list[ChunkResult] = [ChunkResult() for _ in audios]
+        runnable: list[int] = []
+        for i, audio in enumerate(audios):
+            error = check_audio(audio)
+            if error is not None:
+                results[i] = ChunkResult(error=error)
+            elif audio.shape[0] < MIN_SPEECH_SAMPLES:
+                results[i] = ChunkResult(text="", language=options.language)
+            else:
+                runnable.append(i)
+
+        if runnable:
+            texts = self._generate([audios[i] for i in runnable], options)
+            for i, text in zip(runnable, texts):
+                results[i] = ChunkResult(text=text, language=options.language)
+        return results
+
+    def _generate(self, audios: list[np.ndarray], options: DecodeOptions) -> list[str]:
+        inputs = self.processor.apply_transcription_request(
+            audios, prompt=self.instruction(options)
+        )
+        # Floating tensors (the log-mel features) take the model dtype, FP16 on CUDA;
+        # ids and masks stay integer.
+        inputs = inputs.to(self.device, dtype=self.dtype)
+        max_new_tokens = options.max_new_tokens or max_new_tokens_for(
+            max(a.shape[0] for a in audios)
+        )
+        sampling: dict[str, Any] = {"do_sample": False}
+        if options.temperature > 0:
+            sampling = {"do_sample": True, "temperature": options.temperature}
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        # Left padding puts every prompt's end at the same column.
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def _strip_control(self, text: str) -> str:
+        for control in self._control_strings:
+            text = text.replace(control, " ")
+        return " ".join(text.split())

@@ -1,0 +1,181 @@
+"""Whisper-family backend: any Whisper checkpoint (local folder or hub id) via transformers.
+
+One call runs one padded batch: features for every chunk at once, one encoder pass, language
+detection on those encoder states when the language is not given, then `generate`. A chunk
+that cannot be decoded comes back as `ChunkResult(error=...)`, not as an exception, so one
+bad chunk does not fail the requests that share its batch. Options are shared by the whole
+batch, so invalid ones raise ValueError (`validate_options` lets the caller check first).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+from serve_app.backends.base import SAMPLE_RATE, BackendInfo, ChunkResult, DecodeOptions
+
+logger = logging.getLogger(__name__)
+
+CHUNK_LIMIT_S = 30  # Whisper's encoder sees a fixed 30 s window
+CHUNK_LIMIT_SAMPLES = CHUNK_LIMIT_S * SAMPLE_RATE  # 480000 samples
+TASKS = ("transcribe", "translate")
+# Decoder positions taken by <|startoftranscript|> <|lang|> <|task|> <|notimestamps|>.
+_INIT_TOKENS = 4
+
+
+class WhisperBackend:
+    """Loads a Whisper checkpoint and transcribes batches of 16 kHz mono float32 chunks."""
+
+    def __init__(
+        self, model_id: str, *, device: str, dtype: torch.dtype, revision: str | None = None
+    ) -> None:
+        self.device = torch.device(device)
+        self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(model_id, revision=revision, dtype=dtype)
+        self.model = model.to(self.device).eval()
+        gen = self.model.generation_config
+        # lang_to_id maps "<|en|>" -> token id; clients speak ISO codes ("en"). English-only
+        # checkpoints (*.en) take neither a language nor a task token.
+        lang_to_id = (
+            (getattr(gen, "lang_to_id", None) or {})
+            if getattr(gen, "is_multilingual", False)
+            else {}
+        )
+        self._lang_by_id = {tid: tok.strip("<|>") for tok, tid in lang_to_id.items()}
+        self._languages = frozenset(self._lang_by_id.values())
+        self._can_translate = bool(self._languages) and "translate" in (
+            getattr(gen, "task_to_id", None) or {}
+        )
+        self._max_positions = self.model.config.max_target_positions  # 448 for every Whisper
+        # openai/whisper's defaults: sample at most half the context, keep at most the last
+        # half minus one of a prompt, so prompt, start tokens and output always fit.
+        self._default_new_tokens = self._max_positions // 2
+        self._max_prompt_tokens = self._max_positions // 2 - 1
+        self.info = BackendInfo(
+            model_id=model_id,
+            family="whisper",
+            can_translate=self._can_translate,
+            languages=tuple(sorted(self._languages)),
+        )
+
+    def validate_options(self, options: DecodeOptions) -> None:
+        """Raise ValueError, with a message fit for a client, if the model cannot honour these."""
+        if options.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {options.task!r}")
+        if options.task == "translate" and not self._can_translate:
+            raise ValueError(f"{self.info.model_id} cannot translate (English-only model)")
+        if options.language is not None:
+            if not self._languages:
+                raise ValueError(f"{self.info.model_id} is English-only; leave the language unset")
+            if options.language not in self._languages:
+                raise ValueError(
+                    f"unsupported language {options.language!r}; use an ISO-639-1 code such as"
+                    f" 'en', one of: {', '.join(sorted(self._languages))}"
+                )
+        if not (math.isfinite(options.temperature) and options.temperature >= 0):
+            raise ValueError(
+                f"temperature must be a finite number >= 0, not {options.temperature}"
+            )
+        if (
+            options.max_new_tokens is not None and options.max_new_tokens < 1
+        ):  # larger ones are clamped
+            raise ValueError(f"max_new_tokens must be at least 1, not {options.max_new_tokens}")
+
+    def transcribe_batch(
+        self, audios: list[np.ndarray], options: DecodeOptions
+    ) -> list[ChunkResult]:
+        """One result per chunk, in order. Invalid options raise ValueError (they are shared)."""
+        self.validate_options(options)
+        results: list[ChunkResult | None] = [None] * len(audios)
+        todo: list[int] = []
+        for i, audio in enumerate(audios):
+            if (problem := _chunk_problem(audio)) is not None:
+                results[i] = ChunkResult(error=problem)
+            elif audio.size == 0:  # nothing to hear is not an error
+                results[i] = ChunkResult(text="", language=options.language)
+            else:
+                todo.append(i)
+        if todo:
+            try:
+                decoded = self._decode([audios[i] for i in todo], options)
+            except Exception:
+                if len(todo) == 1:
+                    logger.exception("Whisper failed on a chunk")
+                    decoded = [ChunkResult(error="the model failed on this audio")]
+                else:  # find the chunk that broke the batch: its mates still get text
+                    logger.exception(
+                        "Whisper failed on a batch of %d; retrying one by one", len(todo)
+                    )
+                    decoded = [self.transcribe_batch([audios[i]], options)[0] for i in todo]
+            for i, result in zip(todo, decoded, strict=True):
+                results[i] = result
+        return [r or ChunkResult(error="not decoded") for r in results]  # every slot is filled
+
+    @torch.inference_mode()
+    def _decode(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkResult]:
+        features = self.processor.feature_extractor(
+            audios,
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            return_attention_mask=True,
+            device=str(self.device),  # the STFT runs on the GPU when there is one
+        )
+        input_features = features.input_features.to(self.device, dtype=self.model.dtype)
+        attention_mask = features.attention_mask.to(self.device)
+        # One encoder pass serves both language detection and decoding.
+        encoder_outputs = self.model.get_encoder()(input_features)
+        if options.language is not None:
+            languages = [options.language] * len(audios)
+        elif self._languages:
+            lang_ids = self.model.detect_language(encoder_outputs=encoder_outputs).tolist()
+            languages = [self._lang_by_id[i] for i in lang_ids]
+        else:
+            languages = ["en"] * len(audios)  # English-only checkpoints: no language token
+
+        kwargs: dict = {"attention_mask": attention_mask, "encoder_outputs": encoder_outputs}
+        if self._languages:
+            kwargs.update(language=languages, task=options.task)
+        prompt_len = 0
+        if options.prompt:
+            prompt_ids = self.processor.tokenizer.get_prompt_ids(
+                options.prompt, return_tensors="pt"
+            )
+            # Keep <|startofprev|> and the prompt's end, which matters most for context.
+            prompt_ids = torch.cat([prompt_ids[:1], prompt_ids[1:][-self._max_prompt_tokens :]])
+            kwargs["prompt_ids"] = prompt_ids.to(self.device)
+            prompt_len = len(prompt_ids)
+        budget = self._max_positions - prompt_len - _INIT_TOKENS
+        # Whisper's generate reads max_length as the count of new tokens and adds the start
+        # tokens itself; passing max_new_tokens instead draws a transformers warning per call.
+        kwargs["max_length"] = min(options.max_new_tokens or self._default_new_tokens, budget)
+        if options.temperature > 0:
+            kwargs.update(do_sample=True, temperature=options.temperature)
+        else:
+            kwargs.update(do_sample=False, num_beams=1)
+
+        sequences = self.model.generate(**kwargs)
+        # generate returns only the new tokens: no start tokens, no prompt.
+        texts = self.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return [
+            ChunkResult(text=t.strip(), language=lang)
+            for t, lang in zip(texts, languages, strict=True)
+        ]
+
+
+def _chunk_problem(audio: object) -> str | None:
+    """Why this chunk cannot be decoded, or None when it can."""
+    if not isinstance(audio, np.ndarray):
+        return f"expected a numpy array, got {type(audio).__name__}"
+    if audio.ndim != 1:
+        return f"expected mono audio (1-D), got shape {audio.shape}"
+    if audio.dtype != np.float32:
+        return f"expected float32 samples, got {audio.dtype}"
+    if audio.size > CHUNK_LIMIT_SAMPLES:
+        return f"chunk is {audio.size / SAMPLE_RATE:.1f} s long; the limit is {CHUNK_LIMIT_S} s"
+    if not np.isfinite(audio).all():
+        return "audio holds NaN or infinite samples"
+    return None

@@ -1,0 +1,115 @@
+"""Typed, validated settings: the one place configuration lives.
+
+`AppArgs` is the `args:` block of every config under `configs/`; `BatchingConfig` is the
+model deployment's `user_config`, applied at runtime by `ASRModel.reconfigure`. Unknown
+keys are errors (`extra="forbid"`), so a typo in a YAML file fails the deploy instead of
+silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MiB = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingConfig(_Strict):
+    """How the model deployment gathers chunks into batches (its `user_config`)."""
+
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Most chunks (≤30 s each) run through generate at once."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.05,
+        ge=0.0,
+        le=5.0,
+        description="How long a partial batch waits for more chunks before it runs.",
+    )
+
+
+class ModelSettings(_Strict):
+    """Which checkpoint the model deployment serves and how it runs it."""
+
+    id: str = Field(
+        "models/whisper-base",
+        min_length=1,
+        description="Hugging Face hub id or local directory of the checkpoint.",
+    )
+    revision: str | None = Field(
+        None, description="Hub revision (commit hash) to pin in production."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto picks CUDA when a GPU is visible, else CPU."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto is float16 on CUDA and float32 on CPU."
+    )
+    served_name: str | None = Field(
+        None, description="Name shown by /v1/models; defaults to the last part of `id`."
+    )
+    aliases: tuple[str, ...] = Field(
+        ("whisper-1",),
+        description="Other names clients may send as `model` (OpenAI SDKs send whisper-1).",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="Intra-op threads on CPU; None keeps torch's default."
+    )
+    warmup: bool = Field(True, description="Run one dummy batch before reporting ready.")
+
+    @property
+    def name(self) -> str:
+        return self.served_name or self.id.rstrip("/").split("/")[-1]
+
+    def accepts(self, requested: str) -> bool:
+        return requested in {self.id, self.name, *self.aliases}
+
+
+class LimitSettings(_Strict):
+    """Bounds on what one request may ask of the service."""
+
+    max_upload_bytes: int = Field(
+        100 * MiB, ge=1024, description="Largest accepted upload (OpenAI allows 25 MB)."
+    )
+    max_audio_seconds: float = Field(
+        7200.0, gt=0, le=86_400, description="Longest accepted audio after decoding (2 h)."
+    )
+    max_chunks_in_flight: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Chunks of one request sent to the model at once; the rest wait, "
+        "so one long file never floods the model queue.",
+    )
+
+
+class CacheSettings(_Strict):
+    """Per-ingress-replica LRU cache of transcriptions, keyed by content hash."""
+
+    enabled: bool = True
+    max_bytes: int = Field(64 * MiB, ge=0, description="Upper bound on cached result bytes.")
+    ttl_s: float = Field(
+        3600.0, gt=0, description="Entries expire after this long, so transcripts are not kept."
+    )
+
+
+class AppArgs(_Strict):
+    """The `args:` of the application in `configs/*.yaml` (see `serve_app.app.build_app`)."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    readiness_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="How long /readyz waits for the model's ready() answer."
+    )
+
+    @model_validator(mode="after")
+    def _aliases_do_not_shadow(self) -> "AppArgs":
+        if self.model.name in self.model.aliases:
+            raise ValueError("model.aliases must not repeat the served name")
+        return self

@@ -1,0 +1,81 @@
+"""Every metric the service exports, defined once.
+
+`ray.serve.metrics` adds deployment, replica and application tags and hands the values to
+Ray's metrics agent, which Prometheus scrapes (exported names gain Ray's `ray_` prefix).
+Metric objects are created inside replicas, where a Ray worker context exists.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+RTF_BOUNDARIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]
+BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+WAIT_BOUNDARIES_S = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "asr_requests_total",
+            description="HTTP requests by route and status code.",
+            tag_keys=("route", "status"),
+        )
+        self.audio_seconds_received = Counter(
+            "asr_audio_seconds_received_total", description="Seconds of audio decoded."
+        )
+        self.audio_seconds_transcribed = Counter(
+            "asr_audio_seconds_transcribed_total",
+            description="Seconds of audio in successful transcriptions (cache hits included).",
+        )
+        self.latency = Histogram(
+            "asr_request_latency_seconds",
+            description="End-to-end latency of transcription requests.",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("route",),
+        )
+        self.real_time_factor = Histogram(
+            "asr_real_time_factor",
+            description="Processing time divided by audio duration (lower is faster).",
+            boundaries=RTF_BOUNDARIES,
+        )
+        self.cache_lookups = Counter(
+            "asr_cache_lookups_total", description="Cache lookups by result.", tag_keys=("result",)
+        )
+        self.cache_evictions = Counter(
+            "asr_cache_evictions_total", description="Entries evicted to stay within bytes."
+        )
+        self.cache_bytes = Gauge("asr_cache_bytes", description="Bytes held by the cache.")
+        self.decode_failures = Counter(
+            "asr_decode_failures_total",
+            description="Uploads that could not be decoded, by error code.",
+            tag_keys=("reason",),
+        )
+        self.rejections = Counter(
+            "asr_rejected_requests_total",
+            description="Requests refused before transcription, by reason.",
+            tag_keys=("reason",),
+        )
+
+
+class ModelMetrics:
+    def __init__(self) -> None:
+        self.batch_size = Histogram(
+            "asr_batch_chunks",
+            description="Chunks per batch that went through generate.",
+            boundaries=BATCH_SIZE_BOUNDARIES,
+        )
+        self.batch_wait = Histogram(
+            "asr_chunk_batch_wait_seconds",
+            description="Time a chunk waited in the replica before its batch ran.",
+            boundaries=WAIT_BOUNDARIES_S,
+        )
+        self.inference_time = Histogram(
+            "asr_batch_inference_seconds",
+            description="Model time per batch.",
+            boundaries=LATENCY_BOUNDARIES_S,
+        )
+        self.chunk_failures = Counter(
+            "asr_chunk_failures_total", description="Chunks whose transcription failed."
+        )

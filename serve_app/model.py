@@ -1,0 +1,114 @@
+"""The model deployment: one replica holds one model on one device and batches chunks.
+
+It never sees HTTP. Chunks (≤30 s of 16 kHz float32) arrive through a DeploymentHandle
+from any ingress replica; `@serve.batch` gathers them across requests into one padded
+`generate` call that runs off the event loop, so the queue keeps filling meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict
+
+import numpy as np
+from ray import serve
+
+from serve_app.backends.base import ChunkResult, DecodeOptions
+from serve_app.batching import ChunkRequest, run_batch
+from serve_app.config import BatchingConfig, ModelSettings
+from serve_app.metrics import ModelMetrics
+
+logger = logging.getLogger("ray.serve")
+
+WARMUP_SECONDS = 1.0  # enough to run every layer once, cheap on any device
+# This many consecutive batches in which every chunk failed means the model (or the
+# device under it) is broken, not the audio: fail health checks so Serve replaces us.
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+
+
+@serve.deployment(
+    name="ASRModel",
+    max_ongoing_requests=64,
+    user_config=BatchingConfig().model_dump(),
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class ASRModel:
+    def __init__(self, settings: ModelSettings | dict) -> None:
+        import torch
+
+        from serve_app.backends import load_backend, resolve_device, resolve_dtype
+
+        self._settings = ModelSettings.model_validate(settings)
+        if self._settings.torch_threads:
+            torch.set_num_threads(self._settings.torch_threads)
+        self._device = resolve_device(self._settings.device)
+        self._dtype = resolve_dtype(self._settings.dtype, self._device)
+        started = time.monotonic()
+        self._backend = load_backend(
+            self._settings.id,
+            device=self._device,
+            dtype=self._dtype,
+            revision=self._settings.revision,
+        )
+        self._metrics = ModelMetrics()
+        self._failed_batches_in_a_row = 0
+        if self._settings.warmup:
+            self._warm_up()
+        logger.info(
+            "model %s (%s) ready on %s/%s in %.1f s",
+            self._settings.id,
+            self._backend.info.family,
+            self._device,
+            str(self._dtype).removeprefix("torch."),
+            time.monotonic() - started,
+        )
+
+    def _warm_up(self) -> None:
+        rng = np.random.default_rng(0)
+        noise = (0.01 * rng.standard_normal(int(16_000 * WARMUP_SECONDS))).astype(np.float32)
+        result = self._backend.transcribe_batch([noise], DecodeOptions(language=None))[0]
+        if result.error:
+            raise RuntimeError(f"warm-up failed: {result.error}")
+
+    def reconfigure(self, user_config: dict) -> None:
+        config = BatchingConfig.model_validate(user_config or {})
+        self._transcribe_batch.set_max_batch_size(config.max_batch_size)
+        self._transcribe_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        logger.info("batching set to %s", config.model_dump())
+
+    def check_health(self) -> None:
+        if self._failed_batches_in_a_row >= UNHEALTHY_AFTER_FAILED_BATCHES:
+            raise RuntimeError(
+                f"{self._failed_batches_in_a_row} batches in a row failed entirely"
+            )
+
+    async def ready(self) -> dict:
+        """Cheap answer for /readyz: the model is loaded and warmed up once this runs."""
+        return {
+            **asdict(self._backend.info),
+            "device": self._device,
+            "dtype": str(self._dtype).removeprefix("torch."),
+        }
+
+    async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:
+        """One chunk in, one result out; batched with whatever else is waiting."""
+        return await self._transcribe_batch(ChunkRequest(audio, options, time.monotonic()))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _transcribe_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        started = time.monotonic()
+        for request in requests:
+            self._metrics.batch_wait.observe(started - request.enqueued_at)
+        self._metrics.batch_size.observe(len(requests))
+        results = await asyncio.to_thread(run_batch, self._backend.transcribe_batch, requests)
+        self._metrics.inference_time.observe(time.monotonic() - started)
+        failures = sum(1 for r in results if r.error)
+        if failures:
+            self._metrics.chunk_failures.inc(failures)
+        self._failed_batches_in_a_row = (
+            self._failed_batches_in_a_row + 1 if failures == len(results) else 0
+        )
+        return results

@@ -1,0 +1,65 @@
+"""OpenAPI descriptions of the request body and the error responses.
+
+The transcription routes parse their body by hand (multipart or raw audio, with errors in
+the project's JSON shape instead of FastAPI's 422), so the schema is declared here.
+"""
+
+from __future__ import annotations
+
+from serve_app.formats import RESPONSE_FORMATS
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": "string"},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: _error("missing_file, invalid_multipart, invalid_audio or invalid_parameter"),
+    401: _error("invalid_api_key"),
+    404: _error("model_not_found"),
+    413: _error("file_too_large or audio_too_long"),
+    415: _error("unsupported_audio or unsupported_media_type"),
+    500: _error("inference_failed"),
+    503: _error("overloaded (with Retry-After) or not_ready"),
+}
+
+_FORM_PROPERTIES = {
+    "file": {"type": "string", "format": "binary", "description": "The audio file."},
+    "model": {"type": "string", "description": "Served model id, short name or alias."},
+    "language": {"type": "string", "description": "ISO-639-1 code of the spoken language."},
+    "prompt": {"type": "string", "description": "Text to guide spelling and style."},
+    "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
+    "stream": {"type": "boolean", "default": False},
+}
+
+TRANSCRIPTION_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": _FORM_PROPERTIES, "required": ["file"]}
+        },
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "Raw audio; parameters go in the query string.",
+        },
+        "audio/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}

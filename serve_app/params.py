@@ -1,0 +1,86 @@
+"""Request parameters of the transcription endpoints, validated into typed options."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve_app.errors import APIError, invalid_parameter
+from serve_app.formats import ResponseFormat
+
+# ISO-639-1 codes Whisper knows; GLM-ASR accepts a subset (its backend says which).
+ISO_639_1 = frozenset(
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha "
+    "haw he hi hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn "
+    "mr ms mt my ne nl nn no oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te "
+    "tg th tk tl tr tt uk ur uz vi yi yo yue zh".split()
+)
+MAX_PROMPT_CHARS = 1000  # Whisper reads at most 224 prompt tokens; more is surely a mistake
+
+
+class TranscriptionParams(BaseModel):
+    """The OpenAI `/v1/audio/transcriptions` form fields (file aside)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str | None = Field(None, description="Served model id, short name or alias.")
+    language: str | None = Field(None, description="ISO-639-1 code of the spoken language.")
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    response_format: ResponseFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    timestamp_granularities: tuple[Literal["segment"], ...] = ()
+    stream: bool = False
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        code = value.strip().lower()
+        if code not in ISO_639_1:
+            raise ValueError(f"'{value}' is not an ISO-639-1 language code")
+        return code
+
+    @field_validator("prompt")
+    @classmethod
+    def _empty_prompt_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+# Form field names as OpenAI clients send them -> parameter names.
+_FIELD_ALIASES = {"timestamp_granularities[]": "timestamp_granularities"}
+_LIST_FIELDS = {"timestamp_granularities"}
+
+
+def parse_params(items: list[tuple[str, Any]]) -> TranscriptionParams:
+    """Form or query items -> validated parameters; errors name the offending field."""
+    values: dict[str, Any] = {}
+    for raw_name, value in items:
+        name = _FIELD_ALIASES.get(raw_name, raw_name)
+        if name == "file" or name not in TranscriptionParams.model_fields:
+            continue
+        if not isinstance(value, str):
+            raise invalid_parameter(name, f"'{name}' must be a text field, not a file.")
+        if name in _LIST_FIELDS:
+            values.setdefault(name, []).append(value)
+        elif name in values:
+            raise invalid_parameter(name, f"'{name}' was given more than once.")
+        else:
+            values[name] = value
+    try:
+        return TranscriptionParams.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = str(error["loc"][0]) if error["loc"] else None
+        raise invalid_parameter(param or "body", f"Invalid '{param}': {error['msg']}.") from None
+
+
+def check_model(requested: str | None, accepts: Any, served: str) -> None:
+    if requested is not None and requested != "" and not accepts(requested):
+        raise APIError(
+            404,
+            "model_not_found",
+            f"The model '{requested}' is not served here; use '{served}'.",
+            param="model",
+        )

@@ -1,0 +1,116 @@
+"""Shared fixtures: the demo model, one local Ray instance per session, the service.
+
+Ray takes seconds to start, so one instance serves every test that needs it. It always
+starts fresh (`address="local"`), never joins a leftover cluster, and listens only on free
+ports, so tests run beside a developer's service on port 8000.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(__file__).resolve().parent / "data"
+READY_DEADLINE_S = 600  # model load + warm-up on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, deadline_s: float, interval_s: float = 0.5, what: str = "condition"):
+    """Poll instead of sleeping for a fixed time; fail with a clear message at the deadline."""
+    end = time.monotonic() + deadline_s
+    last_error: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling through transient errors
+            last_error = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def demo_model_path() -> Path:
+    from serve_app.demo_model import ensure_demo_model
+
+    return ensure_demo_model(REPO_ROOT / "models" / "whisper-base")
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[dict]:
+    import ray
+    from ray import serve
+
+    metrics_port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    )
+    try:
+        yield {"metrics_port": metrics_port}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
+    """configs/local.yaml with a free port and the demo model's absolute path."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / "local.yaml").read_text())
+    config = copy.deepcopy(config)
+    config["http_options"]["port"] = http_port
+    app = config["applications"][0]
+    app["args"]["model"]["id"] = str(model_path)
+    for section, values in args_overrides.items():
+        app["args"].setdefault(section, {}).update(values)
+    return config
+
+
+def deploy(config: dict) -> None:
+    from ray.serve._private.api import serve_start
+    from ray.serve.config import HTTPOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=HTTPOptions(**config["http_options"]).model_dump())
+    client.deploy_apps(schema, _blocking=False)
+
+
+@pytest.fixture(scope="session")
+def service(ray_instance: dict, demo_model_path: Path) -> str:
+    """Base URL of the service from configs/local.yaml, ready to transcribe."""
+    port = free_port()
+    deploy(local_config(demo_model_path, port))
+    base_url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
+
+    wait_until(ready, READY_DEADLINE_S, interval_s=1.0, what="the service to be ready")
+    return base_url
+
+
+@pytest.fixture(scope="session")
+def client(service: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service, timeout=300) as http:
+        yield http
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

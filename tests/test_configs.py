@@ -1,0 +1,57 @@
+"""Every config validates against Serve's own schema and the project's args model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import AppArgs, BatchingConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def deployments(config: ServeDeploySchema) -> dict:
+    return {d.name: d for d in config.applications[0].deployments}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_is_valid(path: Path) -> None:
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "serve_app.app:build_app"
+    AppArgs.model_validate(app.args)
+    model = deployments(config)["ASRModel"]
+    batching = BatchingConfig.model_validate(model.user_config)
+    # Batches can only fill when the replica accepts at least a batch of requests.
+    assert model.max_ongoing_requests >= batching.max_batch_size
+
+
+def test_local_config_runs_on_cpu() -> None:
+    config = ServeDeploySchema.model_validate(yaml.safe_load(Path(CONFIGS[0]).read_text()))
+    assert CONFIGS[0].name == "local.yaml"
+    for deployment in deployments(config).values():
+        assert not deployment.ray_actor_options.num_gpus
+    assert AppArgs.model_validate(config.applications[0].args).model.device == "cpu"
+
+
+def test_prod_config_asks_for_a_gpu_fp16_and_autoscaling() -> None:
+    path = next(p for p in CONFIGS if p.name == "prod.yaml")
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    model = deployments(config)["ASRModel"]
+    assert model.ray_actor_options.num_gpus == 1
+    assert model.autoscaling_config["max_replicas"] > model.autoscaling_config["min_replicas"]
+    assert model.max_queued_requests > 0
+    args = AppArgs.model_validate(config.applications[0].args)
+    assert args.model.id == "zai-org/GLM-ASR-Nano-2512" and args.model.dtype == "float16"
+    assert config.http_options.host == "0.0.0.0"
+
+
+def test_args_reject_unknown_keys() -> None:
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate({"model": {"id": "x", "batch_size": 4}})
+    with pytest.raises(ValidationError):
+        BatchingConfig.model_validate({"max_batch_size": 0})

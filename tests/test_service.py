@@ -1,0 +1,133 @@
+"""The whole service on a real local Ray instance with the real demo model, over HTTP."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from tests.speech import LONG_FIXTURE, SPEECH_DIR, load_fixture, load_speech_fixtures, word_error_rate
+
+MAX_WER = 0.20
+
+
+def wav_bytes(audio: np.ndarray, rate: int = 16_000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def transcribe(client: httpx.Client, data: bytes, name: str = "clip.wav", **fields) -> httpx.Response:
+    return client.post("/v1/audio/transcriptions", files={"file": (name, data)}, data=fields)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["model"]["family"] == "whisper"
+
+
+def test_models_lists_the_served_model_and_alias(client: httpx.Client) -> None:
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["whisper-base", "whisper-1"]
+
+
+def test_transcribes_speech_accurately(client: httpx.Client) -> None:
+    fixtures = load_speech_fixtures()
+    texts = [
+        transcribe(client, (SPEECH_DIR / f.name).read_bytes(), f.name, model="whisper-1").json()["text"]
+        for f in fixtures
+    ]
+    assert word_error_rate([f.text for f in fixtures], texts) < MAX_WER
+
+
+def test_concurrent_requests_all_succeed_in_order(client: httpx.Client) -> None:
+    fixtures = load_speech_fixtures()
+    with ThreadPoolExecutor(max_workers=len(fixtures)) as pool:
+        # temperature 0 with a unique prompt-free request each: bypass the cache by
+        # sending each clip with a distinct trailing silence, so each is a new hash.
+        payloads = [
+            wav_bytes(np.concatenate([f.audio, np.zeros(160 * (i + 1), np.float32)]))
+            for i, f in enumerate(fixtures)
+        ]
+        responses = list(pool.map(lambda p: transcribe(client, p), payloads))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert all(r.headers["X-Cache"] == "miss" for r in responses)
+    texts = [r.json()["text"] for r in responses]
+    assert word_error_rate([f.text for f in fixtures], texts) < MAX_WER
+
+
+def test_long_recording_comes_back_whole(client: httpx.Client) -> None:
+    fixture = load_fixture(LONG_FIXTURE)
+    assert fixture.audio.size / 16_000 > 40
+    response = transcribe(client, (SPEECH_DIR / LONG_FIXTURE).read_bytes(), "long.wav",
+                          response_format="verbose_json")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert word_error_rate([fixture.text], [body["text"]]) < MAX_WER
+    assert len(body["segments"]) >= 2  # split into chunks, merged in order
+    starts = [s["start"] for s in body["segments"]]
+    assert starts == sorted(starts) and body["segments"][-1]["end"] <= body["duration"] + 0.01
+
+
+def test_cache_hit_returns_the_same_answer(client: httpx.Client) -> None:
+    data = (SPEECH_DIR / "weather.wav").read_bytes()
+    first = transcribe(client, data, language="en")
+    second = transcribe(client, data, language="en")
+    assert second.headers["X-Cache"] == "hit"
+    assert first.json() == second.json()
+    third = transcribe(client, data, language="en", response_format="text")
+    assert third.headers["X-Cache"] == "hit" and third.text.strip() == first.json()["text"]
+
+
+def test_raw_body_upload(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/audio/transcriptions?response_format=text",
+        content=(SPEECH_DIR / "fox_dog.wav").read_bytes(),
+        headers={"Content-Type": "audio/wav"},
+    )
+    assert response.status_code == 200
+    assert "fox" in response.text.lower()
+
+
+def test_silence_gives_empty_text(client: httpx.Client) -> None:
+    response = transcribe(client, wav_bytes(np.zeros(16_000 * 5, np.float32)))
+    assert response.status_code == 200 and response.json() == {"text": ""}
+
+
+def test_request_id_is_echoed(client: httpx.Client) -> None:
+    response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+
+
+def test_garbage_bytes_get_415(client: httpx.Client) -> None:
+    assert_error(transcribe(client, np.random.default_rng(7).bytes(5000)), 415, "unsupported_audio")
+
+
+def test_client_errors_are_json(client: httpx.Client) -> None:
+    wav = (SPEECH_DIR / "fox_dog.wav").read_bytes()
+    assert_error(transcribe(client, b""), 400, "missing_file")
+    assert_error(client.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
+                             files={"other": ("x", b"y")}), 400, "missing_file")
+    assert_error(client.post("/v1/audio/transcriptions", data={"file": "not-a-file"},
+                             files={"x": ("x", b"y")}), 400, "missing_file")
+    assert_error(transcribe(client, wav, model="gpt-4o"), 404, "model_not_found")
+    assert_error(transcribe(client, wav, response_format="docx"), 400, "invalid_parameter")
+    assert_error(transcribe(client, wav, temperature="3"), 400, "invalid_parameter")
+    assert_error(client.get("/v1/audio/transcriptions"), 405, "method_not_allowed")
+    assert_error(client.post("/v1/audio/transcriptions", content=b"{}",
+                             headers={"Content-Type": "application/json"}), 415, "unsupported_media_type")
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+    # After all that, the service still transcribes.
+    assert transcribe(client, wav).status_code == 200

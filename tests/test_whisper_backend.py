@@ -1,0 +1,131 @@
+"""WhisperBackend on the demo checkpoint: batches, detection, bad chunks, translate, options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serve_app.backends.base import SAMPLE_RATE, DecodeOptions
+from serve_app.backends.whisper import CHUNK_LIMIT_S, WhisperBackend
+from tests.speech import load_speech_fixtures, normalize, word_error_rate
+
+MAX_CORPUS_WER = 0.20  # the demo model scores ~0.02 on these; 0.20 leaves room for CPU/GPU drift
+MAX_ITEM_WER = 0.5  # an item scored against its own text: far below what a mix-up gives
+
+
+@pytest.fixture(scope="module")
+def backend(demo_model_path: Path) -> WhisperBackend:
+    if torch.cuda.is_available():  # the production setting where a GPU exists
+        return WhisperBackend(str(demo_model_path), device="cuda", dtype=torch.float16)
+    return WhisperBackend(str(demo_model_path), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def fixtures():
+    return load_speech_fixtures()
+
+
+def test_info_lists_languages_and_translation(backend: WhisperBackend) -> None:
+    info = backend.info
+    assert info.family == "whisper" and info.can_translate
+    assert {"en", "de", "fr", "zh"} <= set(info.languages)
+    assert len(info.languages) == 99  # whisper-base's language tokens
+
+
+def test_batch_gives_one_result_per_chunk_in_order_with_detected_language(
+    backend, fixtures
+) -> None:
+    results = backend.transcribe_batch([f.audio for f in fixtures], DecodeOptions())
+
+    assert len(results) == len(fixtures)
+    assert [r.error for r in results] == [None] * len(fixtures)
+    assert [r.language for r in results] == ["en"] * len(fixtures)
+    for fixture, result in zip(
+        fixtures, results, strict=True
+    ):  # each text belongs to its own chunk
+        assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER, (
+            fixture.text,
+            result.text,
+        )
+    assert word_error_rate([f.text for f in fixtures], [r.text for r in results]) < MAX_CORPUS_WER
+
+
+def test_bad_chunks_come_back_as_errors_while_batch_mates_succeed(backend, fixtures) -> None:
+    good_a, good_b = fixtures[0], fixtures[4]
+    nan_chunk = good_a.audio.copy()
+    nan_chunk[100] = np.nan
+    too_long = np.zeros((CHUNK_LIMIT_S + 1) * SAMPLE_RATE, dtype=np.float32)
+    chunks = [
+        good_a.audio,
+        nan_chunk,
+        good_a.audio.astype(np.float64),
+        too_long,
+        np.stack([good_b.audio, good_b.audio]),
+        good_b.audio,
+        np.zeros(0, np.float32),
+    ]
+
+    results = backend.transcribe_batch(chunks, DecodeOptions(language="en"))
+
+    assert len(results) == len(chunks)
+    assert "NaN" in results[1].error
+    assert "float32" in results[2].error
+    assert "30 s" in results[3].error
+    assert "1-D" in results[4].error
+    for result, fixture in ((results[0], good_a), (results[5], good_b)):
+        assert result.error is None and result.language == "en"
+        assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER
+    assert results[6].error is None and results[6].text == ""  # no samples: no words, no error
+
+
+def test_given_language_is_echoed_and_the_prompt_is_not_in_the_output(backend, fixtures) -> None:
+    fixture = fixtures[1]
+    options = DecodeOptions(
+        language="en", prompt="Platform numbers, zebra crossings and timetables."
+    )
+
+    (result,) = backend.transcribe_batch([fixture.audio], options)
+
+    assert result.error is None and result.language == "en"
+    assert "zebra" not in result.text.lower()
+    assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER
+
+
+def test_translate_runs(backend, fixtures) -> None:
+    fixture = fixtures[0]
+    (result,) = backend.transcribe_batch([fixture.audio], DecodeOptions(task="translate"))
+
+    assert result.error is None and result.language == "en"
+    # English speech "translated" to English stays close to its text.
+    assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER
+
+
+def test_temperature_samples(backend, fixtures) -> None:
+    fixture = fixtures[3]
+    (result,) = backend.transcribe_batch(
+        [fixture.audio], DecodeOptions(language="en", temperature=0.3)
+    )
+
+    assert result.error is None
+    assert set(normalize(result.text).split()) & set(normalize(fixture.text).split())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (DecodeOptions(language="xx"), "unsupported language"),
+        (DecodeOptions(language="english"), "ISO-639-1"),
+        (DecodeOptions(task="summarize"), "task"),
+        (DecodeOptions(temperature=-0.1), "temperature"),
+        (DecodeOptions(temperature=float("nan")), "temperature"),
+        (DecodeOptions(max_new_tokens=0), "max_new_tokens"),
+    ],
+)
+def test_invalid_options_raise_value_error_before_decoding(backend, options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        backend.validate_options(options)
+    with pytest.raises(ValueError, match=message):  # also before any model work
+        backend.transcribe_batch([np.zeros(SAMPLE_RATE, np.float32)], options)
