@@ -186,6 +186,7 @@ class ASRIngress:
             )
         response = render(transcription, params.response_format, task)
         response.headers["X-Cache"] = "hit" if cache_hit else "miss"
+        response.headers["X-Audio-Duration"] = f"{transcription.duration:.3f}"
         return response
 
     async def _decode_options(self, params: TranscriptionParams, task: str) -> DecodeOptions:

@@ -55,6 +55,11 @@ class ASRModel:
         )
         self._metrics = ModelMetrics()
         self._failed_batches_in_a_row = 0
+        self._batching = BatchingConfig()
+        # Totals since start, reported by ready(): operators and tests see batching work.
+        self._batches_run = 0
+        self._chunks_run = 0
+        self._largest_batch = 0
         if self._settings.warmup:
             self._warm_up()
         logger.info(
@@ -77,6 +82,7 @@ class ASRModel:
         config = BatchingConfig.model_validate(user_config or {})
         self._transcribe_batch.set_max_batch_size(config.max_batch_size)
         self._transcribe_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._batching = config
         logger.info("batching set to %s", config.model_dump())
 
     def check_health(self) -> None:
@@ -91,6 +97,11 @@ class ASRModel:
             **asdict(self._backend.info),
             "device": self._device,
             "dtype": str(self._dtype).removeprefix("torch."),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "batching": self._batching.model_dump(),
+            "batches_run": self._batches_run,
+            "chunks_run": self._chunks_run,
+            "largest_batch": self._largest_batch,
         }
 
     async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:
@@ -103,6 +114,9 @@ class ASRModel:
         for request in requests:
             self._metrics.batch_wait.observe(started - request.enqueued_at)
         self._metrics.batch_size.observe(len(requests))
+        self._batches_run += 1
+        self._chunks_run += len(requests)
+        self._largest_batch = max(self._largest_batch, len(requests))
         results = await asyncio.to_thread(run_batch, self._backend.transcribe_batch, requests)
         self._metrics.inference_time.observe(time.monotonic() - started)
         failures = sum(1 for r in results if r.error)

@@ -93,18 +93,57 @@ def deploy(config: dict) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
-@pytest.fixture(scope="session")
-def service(ray_instance: dict, demo_model_path: Path) -> str:
-    """Base URL of the service from configs/local.yaml, ready to transcribe."""
-    port = free_port()
-    deploy(local_config(demo_model_path, port))
-    base_url = f"http://127.0.0.1:{port}"
+GLM_ROUTE = "/glm"
 
+
+def tiny_glm_app(model_path: Path) -> dict:
+    """A second application serving the tiny GLM-ASR checkpoint through the same code.
+
+    Its replicas reserve almost no CPU so it fits beside configs/local.yaml on two cores.
+    """
+    return {
+        "name": "glm",
+        "route_prefix": GLM_ROUTE,
+        "import_path": "serve_app.app:build_app",
+        "args": {"model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]}},
+        "deployments": [
+            {"name": "ASRModel", "ray_actor_options": {"num_cpus": 0.1}},
+            {"name": "ASRIngress", "ray_actor_options": {"num_cpus": 0.1}},
+        ],
+    }
+
+
+def wait_ready(base_url: str) -> None:
     def ready() -> bool:
         return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
 
-    wait_until(ready, READY_DEADLINE_S, interval_s=1.0, what="the service to be ready")
-    return base_url
+    wait_until(ready, READY_DEADLINE_S, interval_s=1.0, what=f"{base_url} to be ready")
+
+
+@pytest.fixture(scope="session")
+def tiny_glm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_glm_asr import build_tiny_glm_asr
+
+    return build_tiny_glm_asr(tmp_path_factory.mktemp("glm-asr-tiny"))
+
+
+@pytest.fixture(scope="session")
+def service_urls(ray_instance: dict, demo_model_path: Path, tiny_glm_path: Path) -> dict:
+    """configs/local.yaml (Whisper demo model) at /, the tiny GLM-ASR app at /glm."""
+    port = free_port()
+    config = local_config(demo_model_path, port)
+    config["applications"].append(tiny_glm_app(tiny_glm_path))
+    deploy(config)
+    urls = {"whisper": f"http://127.0.0.1:{port}", "glm": f"http://127.0.0.1:{port}{GLM_ROUTE}"}
+    for url in urls.values():
+        wait_ready(url)
+    return urls
+
+
+@pytest.fixture(scope="session")
+def service(service_urls: dict) -> str:
+    """Base URL of the service from configs/local.yaml, ready to transcribe."""
+    return service_urls["whisper"]
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from tests.conftest import wait_until
 from tests.speech import LONG_FIXTURE, SPEECH_DIR, load_fixture, load_speech_fixtures, word_error_rate
 
 MAX_WER = 0.20
@@ -52,11 +53,11 @@ def test_transcribes_speech_accurately(client: httpx.Client) -> None:
     assert word_error_rate([f.text for f in fixtures], texts) < MAX_WER
 
 
-def test_concurrent_requests_all_succeed_in_order(client: httpx.Client) -> None:
+def test_concurrent_requests_are_batched_and_all_succeed(client: httpx.Client) -> None:
     fixtures = load_speech_fixtures()
+    before = client.get("/readyz").json()["model"]
     with ThreadPoolExecutor(max_workers=len(fixtures)) as pool:
-        # temperature 0 with a unique prompt-free request each: bypass the cache by
-        # sending each clip with a distinct trailing silence, so each is a new hash.
+        # Distinct trailing silence gives each clip a new content hash: no cache hits.
         payloads = [
             wav_bytes(np.concatenate([f.audio, np.zeros(160 * (i + 1), np.float32)]))
             for i, f in enumerate(fixtures)
@@ -66,6 +67,11 @@ def test_concurrent_requests_all_succeed_in_order(client: httpx.Client) -> None:
     assert all(r.headers["X-Cache"] == "miss" for r in responses)
     texts = [r.json()["text"] for r in responses]
     assert word_error_rate([f.text for f in fixtures], texts) < MAX_WER
+    after = client.get("/readyz").json()["model"]
+    chunks = after["chunks_run"] - before["chunks_run"]
+    batches = after["batches_run"] - before["batches_run"]
+    assert chunks == len(fixtures)
+    assert batches < chunks  # @serve.batch put chunks of different requests together
 
 
 def test_long_recording_comes_back_whole(client: httpx.Client) -> None:
@@ -131,3 +137,42 @@ def test_client_errors_are_json(client: httpx.Client) -> None:
     assert_error(client.get("/no/such/route"), 404, "not_found")
     # After all that, the service still transcribes.
     assert transcribe(client, wav).status_code == 200
+
+
+def test_batching_is_reconfigured_in_place(client: httpx.Client, service: str) -> None:
+    """A new user_config reaches the running replica through reconfigure(), no restart."""
+    from tests.conftest import GLM_ROUTE, deploy, local_config, tiny_glm_app
+
+    before = client.get("/readyz").json()["model"]
+    port = int(service.rsplit(":", 1)[1])
+    model_path = before["model_id"]
+    glm_path = httpx.get(f"{service}{GLM_ROUTE}/readyz").json()["model"]["model_id"]
+
+    def deploy_with(max_batch_size: int, wait_s: float) -> None:
+        config = local_config(model_path, port)
+        config["applications"][0]["deployments"][0]["user_config"] = {
+            "max_batch_size": max_batch_size,
+            "batch_wait_timeout_s": wait_s,
+        }
+        config["applications"].append(tiny_glm_app(glm_path))
+        deploy(config)
+
+    original = before["batching"]
+    deploy_with(3, 0.02)
+    try:
+        wait_until(
+            lambda: client.get("/readyz").json()["model"]["batching"]
+            == {"max_batch_size": 3, "batch_wait_timeout_s": 0.02},
+            120,
+            what="the new batching settings",
+        )
+        after = client.get("/readyz").json()["model"]
+        assert after["replica"] == before["replica"]
+        assert transcribe(client, (SPEECH_DIR / "oak_tree.wav").read_bytes()).status_code == 200
+    finally:
+        deploy_with(original["max_batch_size"], original["batch_wait_timeout_s"])
+        wait_until(
+            lambda: client.get("/readyz").json()["model"]["batching"] == original,
+            120,
+            what="the original batching settings",
+        )

@@ -103,14 +103,15 @@ def test_translate_runs(backend, fixtures) -> None:
     assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER
 
 
-def test_temperature_samples(backend, fixtures) -> None:
+def test_temperature_samples_and_max_new_tokens_bounds_the_output(backend, fixtures) -> None:
     fixture = fixtures[3]
-    (result,) = backend.transcribe_batch(
-        [fixture.audio], DecodeOptions(language="en", temperature=0.3)
-    )
+    options = DecodeOptions(language="en", temperature=0.3, max_new_tokens=5)
+
+    (result,) = backend.transcribe_batch([fixture.audio], options)
 
     assert result.error is None
     assert set(normalize(result.text).split()) & set(normalize(fixture.text).split())
+    assert len(backend.processor.tokenizer(result.text, add_special_tokens=False).input_ids) <= 6
 
 
 @pytest.mark.parametrize(

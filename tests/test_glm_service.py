@@ -1,0 +1,55 @@
+"""GLM-ASR through the whole service: the family is picked from the checkpoint's config.
+
+The checkpoint is tiny and random (tests/tiny_glm_asr.py), so transcripts are gibberish;
+what is tested is the path: from_pretrained, the processor, batched generate, the API.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.speech import SPEECH_DIR
+
+
+@pytest.fixture(scope="module")
+def glm(service_urls: dict) -> httpx.Client:
+    with httpx.Client(base_url=service_urls["glm"], timeout=300) as http:
+        yield http
+
+
+def post(glm: httpx.Client, name: str, **fields) -> httpx.Response:
+    data = (SPEECH_DIR / name).read_bytes()
+    return glm.post("/v1/audio/transcriptions", files={"file": (name, data)}, data=fields)
+
+
+def test_family_is_detected_from_the_checkpoint(glm: httpx.Client) -> None:
+    info = glm.get("/readyz").json()["model"]
+    assert info["family"] == "glm_asr" and info["can_translate"] is False
+    assert set(info["languages"]) >= {"zh", "en"}
+
+
+def test_transcribes_through_the_same_path(glm: httpx.Client) -> None:
+    response = post(glm, "fox_dog.wav", response_format="verbose_json", language="en")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["text"], str) and body["language"] == "en"
+    assert 2.0 < body["duration"] < 10.0
+
+
+def test_long_audio_is_chunked_and_merged(glm: httpx.Client) -> None:
+    response = post(glm, "long_45s.wav", response_format="verbose_json")
+    assert response.status_code == 200, response.text
+    assert response.json()["duration"] > 40
+
+
+def test_translation_is_refused_clearly(glm: httpx.Client) -> None:
+    data = (SPEECH_DIR / "fox_dog.wav").read_bytes()
+    response = glm.post("/v1/audio/translations", files={"file": ("a.wav", data)})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_parameter"
+
+
+def test_unsupported_language_is_refused(glm: httpx.Client) -> None:
+    response = post(glm, "fox_dog.wav", language="de")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "language"
