@@ -86,6 +86,47 @@ class LimitSettings(_Strict):
         description="Chunks of one request sent to the model at once; the rest wait, "
         "so one long file never floods the model queue.",
     )
+    max_files_per_batch: int = Field(
+        16, ge=1, le=256, description="Most files in one /v1/audio/transcriptions/batch call."
+    )
+    timeout_base_s: float = Field(
+        120.0, gt=0, description="Fixed part of a request's time budget (decode, queueing)."
+    )
+    timeout_per_audio_s: float = Field(
+        2.0,
+        gt=0,
+        description="Added budget per second of audio; 2.0 tolerates a model twice slower "
+        "than real time, far slower than any supported device runs.",
+    )
+
+    def timeout_for(self, audio_seconds: float) -> float:
+        return self.timeout_base_s + self.timeout_per_audio_s * audio_seconds
+
+
+class AdmissionSettings(_Strict):
+    """Load shedding in the ingress, counted in audio seconds rather than requests.
+
+    One two-hour file is worth hundreds of short clips; counting seconds keeps the queue
+    honest. Past the bound clients get 503 `overloaded` with Retry-After at once.
+    """
+
+    max_queued_audio_seconds: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="Audio seconds admitted but not yet transcribed, per ingress replica.",
+    )
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After sent with a 503.")
+
+
+class AuthSettings(_Strict):
+    """Optional API keys. Keys never live in the YAML: only where to read them from."""
+
+    api_keys_env: str = Field(
+        "ASR_API_KEYS", description="Environment variable with comma-separated keys."
+    )
+    api_keys_file: str | None = Field(
+        None, description="File with one key per line (e.g. a mounted secret)."
+    )
 
 
 class CacheSettings(_Strict):
@@ -104,6 +145,8 @@ class AppArgs(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     readiness_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long /readyz waits for the model's ready() answer."
     )

@@ -72,6 +72,21 @@ def to_verbose_json(transcription: Transcription, task: str = "transcribe") -> d
     }
 
 
+def render_body(
+    transcription: Transcription, response_format: str, task: str = "transcribe"
+) -> dict | str:
+    """The response content as a JSON value: an object for json formats, else a string."""
+    if response_format == "text":
+        return transcription.text
+    if response_format == "srt":
+        return to_srt(transcription)
+    if response_format == "vtt":
+        return to_vtt(transcription)
+    if response_format == "verbose_json":
+        return to_verbose_json(transcription, task)
+    return {"text": transcription.text}
+
+
 def render(
     transcription: Transcription, response_format: str, task: str = "transcribe"
 ) -> Response:

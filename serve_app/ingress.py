@@ -1,4 +1,4 @@
-"""HTTP ingress: validation, decoding, cache, chunk fan-out and rendering.
+"""HTTP ingress: routes, validation, error mapping; the pipeline lives in transcriber.py.
 
 Runs on CPU and never imports torch. Audio crosses to the model deployment as compact
 float32 arrays of at most 30 s, so chunks from every request batch together.
@@ -8,30 +8,30 @@ float32 arrays of at most 30 s, so chunks from every request batch together.
 # that Serve rebinds, or it mistakes `request: Request` for a body field.
 
 import asyncio
+import json
 import logging
 import time
 import uuid
+from typing import AsyncIterator
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from serve_app.audio import SAMPLE_RATE, decode_audio
-from serve_app.backends.base import ChunkResult, DecodeOptions
-from serve_app.cache import TranscriptionCache, cache_key, content_hash, is_cacheable
-from serve_app.chunking import split_into_chunks
+from serve_app.auth import APIKeyChecker, load_api_keys
+from serve_app.backends.base import DecodeOptions
 from serve_app.config import AppArgs
 from serve_app.errors import APIError, from_http_status, invalid_parameter
-from serve_app.formats import render
+from serve_app.formats import render, render_body
 from serve_app.metrics import IngressMetrics
-from serve_app.openapi import ERROR_RESPONSES, TRANSCRIPTION_REQUEST_BODY
+from serve_app.openapi import BATCH_REQUEST_BODY, ERROR_RESPONSES, TRANSCRIPTION_REQUEST_BODY
 from serve_app.params import TranscriptionParams, check_model, parse_params
-from serve_app.transcript import Transcription, merge_chunk_results
-from serve_app.upload import read_upload
+from serve_app.transcriber import Job, Transcriber
+from serve_app.upload import Upload, read_upload, read_uploads
+from serve_app.webpage import PAGE_HTML
 
 logger = logging.getLogger("ray.serve")
 
@@ -71,25 +71,60 @@ def _request_id(request: Request) -> str:
     )
 
 
+def _route_of(request: Request) -> str:
+    """The route template, not the raw path, so metrics stay low-cardinality."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
 @api.middleware("http")
 async def _request_context(request: Request, call_next) -> Response:
-    request_id = _request_id(request)
-    request.state.request_id = request_id
+    request.state.request_id = _request_id(request)
+    request.state.audio_seconds = 0.0
+    request.state.cache_hit = None
     started = time.monotonic()
+    ingress: "ASRIngress | None" = getattr(api.state, "ingress", None)
     try:
+        if ingress is not None:
+            ingress.auth.check(request.url.path, request.headers.get("authorization"))
         response = await call_next(request)
+    except APIError as exc:
+        response = exc.response()
+        if exc.status == 401 and ingress is not None:
+            ingress.metrics.rejections.inc(tags={"reason": "auth"})
     except Exception:  # noqa: BLE001 - the last line of defence against a bare 500
-        logger.exception("request %s failed unexpectedly", request_id)
+        logger.exception("request_id=%s failed unexpectedly", request.state.request_id)
         response = APIError(500, "internal_error", "Internal error; see server logs.").response()
+    latency = time.monotonic() - started
+    route = _route_of(request)
+    if ingress is not None:
+        ingress.metrics.requests.inc(tags={"route": route, "status": str(response.status_code)})
+        if route.startswith("/v1/audio"):
+            ingress.metrics.latency.observe(latency, tags={"route": route})
     logger.info(
-        "request_id=%s method=%s path=%s status=%d latency_ms=%.0f",
-        request_id,
-        request.method,
-        request.url.path,
-        response.status_code,
-        1000 * (time.monotonic() - started),
+        json.dumps(
+            {
+                "event": "request",
+                "request_id": request.state.request_id,
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "audio_seconds": round(request.state.audio_seconds, 3),
+                "latency_ms": round(1000 * latency, 1),
+                "cache_hit": request.state.cache_hit,
+            }
+        )
     )
     return response
+
+
+def _sse(event: dict) -> str:
+    return f"data: {json.dumps(event)}\n\n"
+
+
+def _no_store(request: Request) -> bool:
+    """Clients opt out of the cache per request, as HTTP caches are told to."""
+    return "no-store" in request.headers.get("cache-control", "").lower()
 
 
 @serve.deployment(name="ASRIngress", max_ongoing_requests=64)
@@ -98,11 +133,18 @@ class ASRIngress:
     def __init__(self, model: DeploymentHandle, args: AppArgs | dict) -> None:
         self._model = model
         self._args = AppArgs.model_validate(args)
-        self._cache = TranscriptionCache(self._args.cache.max_bytes, self._args.cache.ttl_s)
+        self.metrics = IngressMetrics()
+        self.auth = APIKeyChecker(load_api_keys(self._args.auth))
+        self._transcriber = Transcriber(model, self._args, self.metrics)
         self._model_info: dict | None = None
-        self._metrics = IngressMetrics()
+        api.state.ingress = self  # the middleware runs outside the route's instance
+        logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
 
-    # ---- health -------------------------------------------------------------------
+    # ---- health and discovery -----------------------------------------------------
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE_HTML)
 
     @api.get("/healthz", summary="Liveness: the ingress process answers.")
     async def healthz(self) -> dict:
@@ -135,11 +177,6 @@ class ASRIngress:
     async def _ready_call(self) -> dict:
         return await self._model.ready.remote()
 
-    async def _info(self) -> dict:
-        return self._model_info or await self._fetch_model_info()
-
-    # ---- models -------------------------------------------------------------------
-
     @api.get("/v1/models", summary="The models this service serves.")
     async def list_models(self) -> dict:
         settings = self._args.model
@@ -155,7 +192,7 @@ class ASRIngress:
 
     @api.post(
         "/v1/audio/transcriptions",
-        summary="Transcribe audio (OpenAI-compatible).",
+        summary="Transcribe audio (OpenAI-compatible); stream=true sends server-sent events.",
         openapi_extra={"requestBody": TRANSCRIPTION_REQUEST_BODY},
         responses=ERROR_RESPONSES,
     )
@@ -171,26 +208,54 @@ class ASRIngress:
     async def translations(self, request: Request) -> Response:
         return await self._handle(request, task="translate")
 
+    @api.post(
+        "/v1/audio/transcriptions/batch",
+        summary="Several files in one request; one result (or error) per file, in order.",
+        openapi_extra={"requestBody": BATCH_REQUEST_BODY},
+        responses=ERROR_RESPONSES,
+    )
+    async def transcriptions_batch(self, request: Request) -> JSONResponse:
+        uploads, fields = await read_uploads(
+            request, self._args.limits.max_upload_bytes, self._args.limits.max_files_per_batch
+        )
+        params, options = await self._validated(fields, "transcribe")
+        if params.stream:
+            raise invalid_parameter("stream", "Streaming is not available for batches.")
+        no_store = _no_store(request)
+        outcomes = await asyncio.gather(
+            *(self._transcribe(u, options, request, no_store) for u in uploads),
+            return_exceptions=True,
+        )
+        results = []
+        for index, (upload, outcome) in enumerate(zip(uploads, outcomes)):
+            item = {"index": index, "filename": upload.filename}
+            if isinstance(outcome, APIError):
+                item.update(status=outcome.status, **outcome.body())
+            elif isinstance(outcome, BaseException):
+                logger.error("request_id=%s file %d failed: %r", request.state.request_id, index, outcome)
+                item.update(status=500, **APIError(500, "inference_failed", "Failed.").body())
+            else:
+                item.update(status=200, response=render_body(outcome[0], params.response_format))
+            results.append(item)
+        return JSONResponse({"object": "list", "data": results})
+
     async def _handle(self, request: Request, task: str) -> Response:
-        started = time.monotonic()
-        limits = self._args.limits
-        upload = await read_upload(request, limits.max_upload_bytes)
-        params = parse_params(upload.fields)
-        check_model(params.model, self._args.model.accepts, self._args.model.name)
-        options = await self._decode_options(params, task)
-        transcription, cache_hit = await self._transcribe(upload.data, options, request)
-        if transcription.duration > 0:
-            self._metrics.audio_seconds_transcribed.inc(transcription.duration)
-            self._metrics.real_time_factor.observe(
-                (time.monotonic() - started) / transcription.duration
-            )
+        upload = await read_upload(request, self._args.limits.max_upload_bytes)
+        params, options = await self._validated(upload.fields, task)
+        if params.stream:
+            return await self._stream(upload, options, request)
+        transcription, cache_hit = await self._transcribe(
+            upload, options, request, _no_store(request)
+        )
         response = render(transcription, params.response_format, task)
         response.headers["X-Cache"] = "hit" if cache_hit else "miss"
         response.headers["X-Audio-Duration"] = f"{transcription.duration:.3f}"
         return response
 
-    async def _decode_options(self, params: TranscriptionParams, task: str) -> DecodeOptions:
-        info = await self._info()
+    async def _validated(self, fields: list, task: str) -> tuple[TranscriptionParams, DecodeOptions]:
+        params = parse_params(fields)
+        check_model(params.model, self._args.model.accepts, self._args.model.name)
+        info = self._model_info or await self._fetch_model_info()
         if task == "translate" and not info["can_translate"]:
             raise invalid_parameter(
                 "model", f"The {info['family']} model cannot translate; use transcriptions."
@@ -202,66 +267,55 @@ class ASRIngress:
                 f"'{params.language}' is not supported by this model "
                 f"(supported: {', '.join(sorted(languages))}).",
             )
-        return DecodeOptions(
-            language=params.language,
-            task=task,
-            prompt=params.prompt,
-            temperature=params.temperature,
+        options = DecodeOptions(
+            language=params.language, task=task, prompt=params.prompt, temperature=params.temperature
         )
+        return params, options
 
-    async def _transcribe(
-        self, data: bytes, options: DecodeOptions, request: Request
-    ) -> tuple[Transcription, bool]:
-        """The transcript, and whether it came from the cache."""
-        use_cache = self._args.cache.enabled and is_cacheable(options)
-        key = cache_key(content_hash(data), self._args.model.id, options) if use_cache else ""
-        if use_cache:
-            cached = self._cache.get(key)
-            self._metrics.cache_lookups.inc(tags={"result": "hit" if cached else "miss"})
-            if cached is not None:
-                return cached, True
-        audio = await asyncio.to_thread(decode_audio, data, self._args.limits.max_audio_seconds)
-        duration = audio.size / SAMPLE_RATE
-        self._metrics.audio_seconds_received.inc(duration)  # decode_audio never returns empty
-        chunks = split_into_chunks(audio)
-        results = await self._fan_out(audio, chunks, options)
-        failed = [r for r in results if r.error]
-        if failed:
-            logger.error(
-                "request_id=%s %d of %d chunks failed: %s",
-                request.state.request_id,
-                len(failed),
-                len(results),
-                failed[0].error,
-            )
-            raise APIError(500, "inference_failed", "The model failed on this audio.")
-        transcription = merge_chunk_results(chunks, results, duration, options.language)
-        if use_cache:
-            evictions_before = self._cache.evictions
-            self._cache.put(key, transcription)
-            if self._cache.evictions > evictions_before:
-                self._metrics.cache_evictions.inc(self._cache.evictions - evictions_before)
-            self._metrics.cache_bytes.set(self._cache.bytes_used)
+    async def _transcribe(self, upload: Upload, options: DecodeOptions, request: Request, no_store: bool):
+        """(transcript, cache_hit) for one uploaded file."""
+        started = time.monotonic()
+        cached = self._transcriber.cached(upload.data, options, no_store)
+        if cached is not None:
+            request.state.cache_hit = True
+            request.state.audio_seconds += cached.duration
+            self.metrics.audio_seconds_transcribed.inc(max(cached.duration, 1e-9))
+            return cached, True
+        request.state.cache_hit = False
+        job = await self._transcriber.prepare(upload.data, options, request.state.request_id, no_store)
+        try:
+            request.state.audio_seconds += job.duration
+            transcription = await self._transcriber.run(job)
+        finally:
+            job.reservation.release()
+        self.metrics.audio_seconds_transcribed.inc(job.duration)
+        self.metrics.real_time_factor.observe((time.monotonic() - started) / job.duration)
         return transcription, False
 
-    async def _fan_out(
-        self, audio: np.ndarray, chunks: list, options: DecodeOptions
-    ) -> list[ChunkResult]:
-        """Every chunk through the batched model, at most N of this request in flight."""
-        in_flight = asyncio.Semaphore(self._args.limits.max_chunks_in_flight)
-
-        async def one(start: int, end: int) -> ChunkResult:
-            async with in_flight:
-                return await self._model.transcribe.remote(audio[start:end], options)
-
-        outcomes = await asyncio.gather(
-            *(one(c.start, c.end) for c in chunks), return_exceptions=True
+    async def _stream(self, upload: Upload, options: DecodeOptions, request: Request) -> Response:
+        """OpenAI's transcription events: text deltas as chunks finish, then done."""
+        job = await self._transcriber.prepare(
+            upload.data, options, request.state.request_id, _no_store(request)
         )
-        results: list[ChunkResult] = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                logger.error("chunk call failed: %s: %s", type(outcome).__name__, outcome)
-                results.append(ChunkResult(error=f"{type(outcome).__name__}: {outcome}"))
-            else:
-                results.append(outcome)
-        return results
+        request.state.audio_seconds += job.duration
+        return StreamingResponse(
+            self._events(job), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Audio-Duration": f"{job.duration:.3f}"},
+        )
+
+    async def _events(self, job: Job) -> AsyncIterator[str]:
+        results = []
+        try:
+            async for result in self._transcriber.results_in_order(job):
+                results.append(result)
+                if result.text.strip():
+                    prefix = " " if any(r.text.strip() for r in results[:-1]) else ""
+                    yield _sse({"type": "transcript.text.delta", "delta": prefix + result.text.strip()})
+            transcription = self._transcriber.finish(job, results)
+            self.metrics.audio_seconds_transcribed.inc(max(job.duration, 1e-9))
+            yield _sse({"type": "transcript.text.done", "text": transcription.text})
+        except APIError as exc:
+            yield _sse({"type": "error", **exc.body()})
+        finally:
+            job.reservation.release()
+

@@ -63,3 +63,23 @@ TRANSCRIPTION_REQUEST_BODY = {
         "audio/*": {"schema": {"type": "string", "format": "binary"}},
     },
 }
+
+BATCH_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    **_FORM_PROPERTIES,
+                    "file": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "Several audio files; one result per file, in order.",
+                    },
+                },
+                "required": ["file"],
+            }
+        }
+    },
+}

@@ -52,28 +52,61 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _read_multipart(request: Request, limit: int) -> Upload:
+async def _parse_form(request: Request, max_files: int):
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+        return await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
     except (MultiPartException, ClientDisconnect, ValueError, KeyError) as exc:
         raise APIError(400, "invalid_multipart", f"The multipart body is invalid: {exc}") from exc
-    try:
-        files = form.getlist("file")
-        if not files:
-            raise APIError(400, "missing_file", "No 'file' field in the form.", param="file")
-        upload = files[0]
-        if not isinstance(upload, UploadFile):
+
+
+async def _file_parts(form, limit: int) -> list[Upload]:
+    """Every `file` part as an Upload (without fields); 400 if one is a text field."""
+    uploads = []
+    for part in form.getlist("file"):
+        if not isinstance(part, UploadFile):
             raise APIError(
                 400,
                 "missing_file",
                 "'file' must be sent as a file part (with a filename), not as a text field.",
                 param="file",
             )
-        if upload.size is not None and upload.size > limit:
+        if part.size is not None and part.size > limit:
             raise _too_large(limit)
-        data = await upload.read()
-        fields = [(k, v) for k, v in form.multi_items() if k != "file"]
-        return Upload(data=data, filename=upload.filename, fields=fields)
+        uploads.append(Upload(data=await part.read(), filename=part.filename, fields=[]))
+    if not uploads:
+        raise APIError(400, "missing_file", "No 'file' field in the form.", param="file")
+    return uploads
+
+
+def _text_fields(form) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in form.multi_items() if k != "file"]
+
+
+async def _read_multipart(request: Request, limit: int) -> Upload:
+    form = await _parse_form(request, max_files=1)
+    try:
+        upload = (await _file_parts(form, limit))[0]
+        return Upload(data=upload.data, filename=upload.filename, fields=_text_fields(form))
+    finally:
+        await form.close()
+
+
+async def read_uploads(
+    request: Request, limit: int, max_files: int
+) -> tuple[list[Upload], list[tuple[str, Any]]]:
+    """Several `file` parts of one multipart form, and its shared text fields.
+
+    Empty files are kept: they get their own error in the batch result.
+    """
+    _check_declared_length(request, max_files * limit + MULTIPART_OVERHEAD_BYTES)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise APIError(
+            415, "unsupported_media_type", "Send multipart/form-data with one or more 'file' parts."
+        )
+    form = await _parse_form(request, max_files=max_files)
+    try:
+        return await _file_parts(form, limit), _text_fields(form)
     finally:
         await form.close()
 

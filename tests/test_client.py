@@ -62,6 +62,7 @@ def test_folder_is_transcribed_then_skipped_and_failures_reported(
     failure = next(line for line in err.splitlines() if "broken.wav" in line)
     assert "FAILED" in failure and ("unsupported_audio" in failure or "invalid_audio" in failure)
     assert "2 done, 0 skipped, 1 failed" in out
+    assert "real-time factor n/a" not in out  # durations came back in X-Audio-Duration
     assert not list(inputs.rglob("*.part"))  # no temp files left behind
 
     sent = count_requests(monkeypatch)

@@ -1,0 +1,176 @@
+"""The transcription pipeline behind the HTTP routes, free of HTTP itself.
+
+bytes → cache lookup → decode → admission → chunks → bounded fan-out to the model
+deployment → results in audio order → merged transcript → cache store. Streaming and
+non-streaming share the same ordered stream of chunk results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import numpy as np
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.admission import AdmissionController, Reservation
+from serve_app.audio import SAMPLE_RATE, decode_audio
+from serve_app.backends.base import ChunkResult, DecodeOptions
+from serve_app.cache import TranscriptionCache, cache_key, content_hash, is_cacheable
+from serve_app.chunking import Chunk, split_into_chunks
+from serve_app.config import AppArgs
+from serve_app.errors import APIError
+from serve_app.metrics import IngressMetrics
+from serve_app.transcript import Segment, Transcription, merge_chunk_results
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One decoded request, ready to go through the model."""
+
+    audio: np.ndarray
+    chunks: list[Chunk]
+    options: DecodeOptions
+    cache_key: str | None  # None when this request must not touch the cache
+    request_id: str
+    reservation: Reservation  # admission capacity, released when the last chunk returns
+
+    @property
+    def duration(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+class Transcriber:
+    def __init__(self, model: DeploymentHandle, args: AppArgs, metrics: IngressMetrics) -> None:
+        self._model = model
+        self._args = args
+        self._metrics = metrics
+        self._cache = TranscriptionCache(args.cache.max_bytes, args.cache.ttl_s)
+        self._admission = AdmissionController(
+            args.admission.max_queued_audio_seconds, args.admission.retry_after_s
+        )
+
+    # ---- cache --------------------------------------------------------------------
+
+    def _key(self, data: bytes, options: DecodeOptions, no_store: bool) -> str | None:
+        if no_store or not self._args.cache.enabled or not is_cacheable(options):
+            return None
+        return cache_key(content_hash(data), self._args.model.id, options)
+
+    def cached(self, data: bytes, options: DecodeOptions, no_store: bool) -> Transcription | None:
+        key = self._key(data, options, no_store)
+        if key is None:
+            return None
+        hit = self._cache.get(key)
+        self._metrics.cache_lookups.inc(tags={"result": "hit" if hit else "miss"})
+        return hit
+
+    def _store(self, key: str | None, transcription: Transcription) -> None:
+        if key is None:
+            return
+        evictions_before = self._cache.evictions
+        self._cache.put(key, transcription)
+        if self._cache.evictions > evictions_before:
+            self._metrics.cache_evictions.inc(self._cache.evictions - evictions_before)
+        self._metrics.cache_bytes.set(self._cache.bytes_used)
+
+    # ---- decode -------------------------------------------------------------------
+
+    async def prepare(
+        self, data: bytes, options: DecodeOptions, request_id: str, no_store: bool = False
+    ) -> Job:
+        try:
+            audio = await asyncio.to_thread(
+                decode_audio, data, self._args.limits.max_audio_seconds
+            )
+        except APIError as exc:
+            self._metrics.decode_failures.inc(tags={"reason": exc.code})
+            if exc.status == 413:
+                self._metrics.rejections.inc(tags={"reason": "duration"})
+            raise
+        duration = audio.size / SAMPLE_RATE
+        self._metrics.audio_seconds_received.inc(duration)
+        try:
+            reservation = self._admission.reserve(duration)
+        except APIError:
+            self._metrics.rejections.inc(tags={"reason": "backpressure"})
+            raise
+        try:
+            chunks = await asyncio.to_thread(split_into_chunks, audio)
+        except BaseException:
+            reservation.release()
+            raise
+        key = self._key(data, options, no_store)
+        return Job(audio, chunks, options, key, request_id, reservation)
+
+    # ---- run ----------------------------------------------------------------------
+
+    async def run(self, job: Job) -> Transcription:
+        results = [r async for r in self.results_in_order(job)]
+        return self.finish(job, results)
+
+    def finish(self, job: Job, results: list[ChunkResult]) -> Transcription:
+        transcription = merge_chunk_results(
+            job.chunks, results, job.duration, job.options.language
+        )
+        self._store(job.cache_key, transcription)
+        return transcription
+
+    async def results_in_order(self, job: Job) -> AsyncIterator[ChunkResult]:
+        """Chunk results in audio order, as soon as each and its predecessors are done.
+
+        At most `max_chunks_in_flight` chunks of this request wait at the model at once, so
+        a long file never floods the queue, and the whole job is bounded in time by a
+        budget that grows with its audio. The job's admission is released at the end,
+        whether it finished, failed or the client went away.
+        """
+        try:
+            in_flight = asyncio.Semaphore(self._args.limits.max_chunks_in_flight)
+
+            async def one(chunk: Chunk) -> ChunkResult:
+                async with in_flight:
+                    return await self._model.transcribe.remote(
+                        job.audio[chunk.start : chunk.end], job.options
+                    )
+
+            tasks = [asyncio.ensure_future(one(c)) for c in job.chunks]
+            deadline = asyncio.get_running_loop().time() + self._args.limits.timeout_for(
+                job.duration
+            )
+            try:
+                for task in tasks:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    yield self._checked(await asyncio.wait_for(task, max(remaining, 0.001)), job)
+            except asyncio.TimeoutError:
+                raise APIError(
+                    504, "timeout", "Transcription did not finish within the time budget."
+                ) from None
+            except BackPressureError:
+                self._metrics.rejections.inc(tags={"reason": "backpressure"})
+                raise APIError(
+                    503,
+                    "overloaded",
+                    "The model queue is full; retry after the indicated delay.",
+                    headers={"Retry-After": str(self._args.admission.retry_after_s)},
+                ) from None
+            except APIError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - replica died, actor error, ...
+                logger.error("request_id=%s chunk call failed: %r", job.request_id, exc)
+                raise APIError(500, "inference_failed", "The model failed on this audio.") from None
+            finally:
+                for task in tasks:
+                    task.cancel()
+        finally:
+            job.reservation.release()
+
+    def _checked(self, result: ChunkResult, job: Job) -> ChunkResult:
+        if result.error:
+            logger.error("request_id=%s chunk failed: %s", job.request_id, result.error)
+            raise APIError(500, "inference_failed", "The model failed on this audio.")
+        return result

@@ -1,0 +1,309 @@
+"""Deployment assets stay consistent with the code: no Ray cluster needed, well under a second.
+
+- Every metric a Grafana panel, dashboard variable or alert rule queries is one that exists:
+  a metric of serve_app/metrics.py under the name Ray exports it, or a Ray Serve built-in
+  from the allowlist below, itself checked against the installed Ray's source.
+- The KubeRay RayService embeds exactly configs/prod.yaml, and render.py sees no drift.
+
+How Ray 2.60 names exported metrics (read in ray/_private/telemetry/
+open_telemetry_metric_recorder.py and the OpenTelemetry Prometheus exporter, then confirmed
+by scraping a local Ray instance's metrics export port):
+- every name gains the `ray_` prefix;
+- Counter: `_total` is appended unless the name already ends in `_total` (never doubled:
+  `asr_requests_total` exports as `ray_asr_requests_total`, `foo` as `ray_foo_total`);
+- Histogram: `_bucket` (with `le`), `_sum`, `_count`;
+- Gauge: the name as is.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy" / "grafana" / "asr-dashboard.json"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+RAYSERVICE = ROOT / "deploy" / "kuberay" / "rayservice.yaml"
+RENDER = ROOT / "deploy" / "kuberay" / "render.py"
+PROD = ROOT / "configs" / "prod.yaml"
+METRICS_MODULE = ROOT / "serve_app" / "metrics.py"
+
+# Ray Serve's own metrics the assets use: (name as created in Ray's source, kind). Each was
+# read in ray/serve/_private/ (file noted); the test below re-checks that the installed Ray
+# still defines it, so a Ray upgrade that renames one fails here rather than in Grafana.
+SERVE_BUILTINS = {
+    # deployment_state.py: 1 per healthy replica (per-replica tag by default), else 0.
+    "serve_deployment_replica_healthy": "gauge",
+    # deployment_state.py: 0 UNKNOWN, 1 DEPLOY_FAILED, 2 UNHEALTHY, 3 UPDATING,
+    # 4 UPSCALING, 5 DOWNSCALING, 6 HEALTHY.
+    "serve_deployment_status": "gauge",
+    # deployment_state.py: the replica count the autoscaler aims for.
+    "serve_autoscaling_target_replicas": "gauge",
+    # router.py: requests waiting in a caller's router for a replica (per handle).
+    "serve_deployment_queued_queries": "gauge",
+    # replica.py: requests a replica is processing now.
+    "serve_replica_processing_queries": "gauge",
+    # request_ingress_metrics.py: f"serve_num_{protocol_name}_requests" at the proxy.
+    "serve_num_http_requests": "counter",
+}
+
+# PromQL words that look like identifiers but are not metric names.
+PROMQL_KEYWORDS = {
+    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "inf", "nan", "atan2",
+}
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+IDENTIFIER = re.compile(r"(?<![\w.:$])[A-Za-z_:][\w:]*")
+
+
+def exported_names(name: str, kind: str) -> set[str]:
+    """The series names Ray 2.60 exports for one metric (see the module docstring)."""
+    name = f"ray_{name}"
+    if kind == "counter":
+        return {name if name.endswith("_total") else f"{name}_total"}
+    if kind == "histogram":
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    assert kind == "gauge", kind
+    return {name}
+
+
+def project_metrics() -> dict[str, str]:
+    """name -> kind for every Counter/Gauge/Histogram created in serve_app/metrics.py."""
+    kinds = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
+    found = {}
+    for node in ast.walk(ast.parse(METRICS_MODULE.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in kinds:
+            (first, *_) = node.args
+            found[first.value] = kinds[node.func.id]
+    return found
+
+
+def known_names() -> set[str]:
+    names: set[str] = set()
+    for name, kind in {**project_metrics(), **SERVE_BUILTINS}.items():
+        names |= exported_names(name, kind)
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression reads.
+
+    Strings, label matchers, range/subquery brackets and grouping label lists are removed
+    first; what remains is identifiers, which are function calls (followed by `(`),
+    keywords, or metric names.
+    """
+    text = re.sub(r"\$\{?\w+\}?", "", expr)  # Grafana variables: $__rate_interval, ${x}
+    text = STRING.sub('""', text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = GROUPING.sub(" ", text)
+    names = set()
+    for match in IDENTIFIER.finditer(text):
+        word = match.group()
+        if text[match.end():].lstrip().startswith("(") or word.lower() in PROMQL_KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(board: dict) -> list[dict]:
+    out = []
+    for panel in board["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))  # panels inside collapsed rows
+    return out
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    queries = []
+    board = dashboard()
+    for panel in panels(board):
+        for target in panel.get("targets", []):
+            queries.append((f"panel {panel['title']!r}", target["expr"]))
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            query = query["query"] if isinstance(query, dict) else query
+            match = re.fullmatch(r"label_values\((.*),\s*\w+\)", query.strip())
+            assert match, f"variable {variable['name']}: unexpected query {query!r}"
+            queries.append((f"variable {variable['name']}", match.group(1)))
+    return queries
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+# ---- the name extraction itself -----------------------------------------------------------
+
+
+def test_metric_names_extracts_only_metrics() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (application, le) (rate(ray_a_bucket{x="y(z)"}[5m])))'
+        ' / on (application) group_left sum(rate(ray_b_total[$__rate_interval] offset 1h))'
+        " > 0.8 * 2048 or absent(ray_c) unless ray_d"
+    )
+    assert metric_names(expr) == {"ray_a_bucket", "ray_b_total", "ray_c", "ray_d"}
+    assert metric_names("ray_x{le=\"1e3\"} > 1e3") == {"ray_x"}
+
+
+def test_exported_names_follow_ray_rules() -> None:
+    assert exported_names("asr_requests_total", "counter") == {"ray_asr_requests_total"}
+    assert exported_names("serve_num_http_requests", "counter") == {
+        "ray_serve_num_http_requests_total"
+    }
+    assert exported_names("asr_cache_bytes", "gauge") == {"ray_asr_cache_bytes"}
+    assert exported_names("x_seconds", "histogram") == {
+        "ray_x_seconds_bucket",
+        "ray_x_seconds_sum",
+        "ray_x_seconds_count",
+    }
+
+
+def test_project_metrics_are_all_found() -> None:
+    metrics = project_metrics()
+    assert metrics["asr_requests_total"] == "counter"
+    assert metrics["asr_request_latency_seconds"] == "histogram"
+    assert metrics["asr_cache_bytes"] == "gauge"
+    # Only counters may end in `_total`: Prometheus reads the suffix as "counter".
+    for name, kind in metrics.items():
+        assert kind == "counter" or not name.endswith("_total"), name
+
+
+def test_serve_builtins_exist_in_installed_ray() -> None:
+    spec = importlib.util.find_spec("ray")
+    assert spec and spec.submodule_search_locations
+    serve_dir = Path(next(iter(spec.submodule_search_locations))) / "serve"
+    source = "\n".join(p.read_text() for p in serve_dir.rglob("*.py"))
+    for name in SERVE_BUILTINS:
+        templated = name.replace("_http_", "_{protocol_name}_")
+        assert f'"{name}"' in source or f'f"{templated}"' in source, name
+
+
+# ---- Grafana ----------------------------------------------------------------------------
+
+
+def test_dashboard_loads_and_every_panel_has_a_query() -> None:
+    board = dashboard()
+    assert 36 <= board["schemaVersion"] <= 41
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert {"datasource", "application", "deployment"} <= set(names)
+    datasource = next(v for v in board["templating"]["list"] if v["name"] == "datasource")
+    assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
+    ids = []
+    for panel in panels(board):
+        ids.append(panel["id"])
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+@pytest.mark.parametrize("where, expr", dashboard_queries())
+def test_dashboard_queries_name_only_existing_metrics(where: str, expr: str) -> None:
+    names = metric_names(expr)
+    assert names, f"{where}: no metric found in {expr!r}"
+    assert names <= known_names(), f"{where}: unknown {sorted(names - known_names())}"
+
+
+def test_dashboard_covers_every_project_metric() -> None:
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_queries()))
+    for name, kind in project_metrics().items():
+        assert exported_names(name, kind) & used, f"no panel shows {name}"
+
+
+def test_latency_panels_use_histogram_quantile_over_buckets() -> None:
+    exprs = [expr for _, expr in dashboard_queries()]
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert any(
+            f"histogram_quantile({quantile}," in e and "ray_asr_request_latency_seconds_bucket" in e
+            for e in exprs
+        ), quantile
+
+
+# ---- Prometheus -------------------------------------------------------------------------
+
+
+def test_prometheus_config_parses_and_uses_ray_service_discovery() -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    (job,) = config["scrape_configs"]
+    files = [f for sd in job["file_sd_configs"] for f in sd["files"]]
+    assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+EXPECTED_ALERTS = {
+    "ASRHighErrorRate",
+    "ASRLatencyP99High",
+    "ASRQueueSaturation",
+    "ASRReplicasUnhealthy",
+    "ASRNoReadyModelReplica",
+}
+
+
+def test_alerts_are_the_five_expected_and_complete() -> None:
+    rules = alert_rules()
+    assert {rule["alert"] for rule in rules} == EXPECTED_ALERTS
+    for rule in rules:
+        assert rule["for"], rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_alert_queries_name_only_existing_metrics(rule: dict) -> None:
+    names = metric_names(rule["expr"])
+    assert names, rule["alert"]
+    assert names <= known_names(), f"{rule['alert']}: unknown {sorted(names - known_names())}"
+
+
+def test_queue_alert_threshold_follows_prod_max_queued_requests() -> None:
+    prod = yaml.safe_load(PROD.read_text())
+    (model,) = [d for d in prod["applications"][0]["deployments"] if d["name"] == "ASRModel"]
+    (rule,) = [r for r in alert_rules() if r["alert"] == "ASRQueueSaturation"]
+    assert f"0.8 * {model['max_queued_requests']}" in rule["expr"]
+
+
+# ---- KubeRay ----------------------------------------------------------------------------
+
+
+def test_rayservice_embeds_exactly_prod_config() -> None:
+    service = yaml.safe_load(RAYSERVICE.read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    embedded = service["spec"]["serveConfigV2"]
+    assert isinstance(embedded, str)
+    assert yaml.safe_load(embedded) == yaml.safe_load(PROD.read_text())
+
+
+def test_rayservice_cluster_shape() -> None:
+    cluster = yaml.safe_load(RAYSERVICE.read_text())["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["rayStartParams"]
+    assert head["num-cpus"] == "0" and head["metrics-export-port"] == "8080"
+    gpu = next(g for g in cluster["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus") == "1")
+    (container,) = gpu["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_render_check_reports_no_drift() -> None:
+    result = subprocess.run(
+        [sys.executable, str(RENDER), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
