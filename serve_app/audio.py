@@ -17,6 +17,9 @@ import soxr
 from serve_app.errors import APIError
 
 SAMPLE_RATE = 16_000  # what every supported model consumes
+# Telephone audio is 8 kHz; nothing below 4 kHz carries intelligible speech. A lower rate
+# in a header is a forgery that would make a few KB decode into hours of resampled audio.
+MIN_SAMPLE_RATE = 4_000
 # libsndfile caps a read at this many frames per call, so a lying header cannot make us
 # allocate more than this beyond what the file actually holds.
 _READ_BLOCK_FRAMES = 1 << 20
@@ -71,8 +74,10 @@ def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None
     with handle:
-        if handle.samplerate <= 0 or handle.channels <= 0:
-            raise _invalid("the header has no sample rate or channels")
+        if handle.channels <= 0:
+            raise _invalid("the header declares no channels")
+        if handle.samplerate < MIN_SAMPLE_RATE:
+            raise _invalid(f"a sample rate of {handle.samplerate} Hz cannot hold speech")
         if handle.frames > 0 and handle.frames / handle.samplerate > max_seconds:
             raise _too_long(handle.frames / handle.samplerate, max_seconds)
         max_frames = int(max_seconds * handle.samplerate) + 1
@@ -105,6 +110,10 @@ def _decode_with_av(data: bytes, max_seconds: float) -> np.ndarray | None:
         streams = container.streams.audio
         if not streams:
             return None
+        codec = streams[0].codec_context  # None when ffmpeg found no decoder for it
+        rate = (codec.sample_rate if codec is not None else 0) or 0
+        if 0 < rate < MIN_SAMPLE_RATE:
+            raise _invalid(f"a sample rate of {rate} Hz cannot hold speech")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         max_samples = int(max_seconds * SAMPLE_RATE) + 1
         pieces: list[np.ndarray] = []

@@ -71,6 +71,13 @@ def _request_id(request: Request) -> str:
     )
 
 
+def _path_in_app(request: Request) -> str:
+    """The path below the application's route prefix (Serve passes it as root_path)."""
+    root = request.scope.get("root_path", "")
+    path = request.url.path
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+
 def _route_of(request: Request) -> str:
     """The route template, not the raw path, so metrics stay low-cardinality."""
     route = request.scope.get("route")
@@ -83,10 +90,12 @@ async def _request_context(request: Request, call_next) -> Response:
     request.state.audio_seconds = 0.0
     request.state.cache_hit = None
     started = time.monotonic()
-    ingress: "ASRIngress | None" = getattr(api.state, "ingress", None)
+    # request.app, not the module's `api`: Serve ships the ingress class by value, so the
+    # app serving requests is a copy that only the replica's instance knows about.
+    ingress: "ASRIngress | None" = getattr(request.app.state, "ingress", None)
     try:
         if ingress is not None:
-            ingress.auth.check(request.url.path, request.headers.get("authorization"))
+            ingress.auth.check(_path_in_app(request), request.headers.get("authorization"))
         response = await call_next(request)
     except APIError as exc:
         response = exc.response()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
@@ -52,11 +53,36 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _boundary(request: Request) -> bytes:
+    for param in request.headers.get("content-type", "").split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value.strip('"'):
+            return value.strip('"').encode("latin-1")
+    raise APIError(400, "invalid_multipart", "The multipart Content-Type has no boundary.")
+
+
 async def _parse_form(request: Request, max_files: int):
+    # The parser accepts a body cut off mid-part and returns what it saw, which would
+    # turn a truncated upload into a "missing file"; the closing delimiter tells.
+    boundary = _boundary(request)
+    try:
+        body = await request.body()  # Serve's proxy has already buffered it in full
+    except ClientDisconnect as exc:
+        raise APIError(400, "invalid_multipart", "The client disconnected mid-upload.") from exc
+    if not body.strip():
+        raise APIError(400, "missing_file", "The multipart body is empty.", param="file")
+    if not body.rstrip(b"\r\n").endswith(b"--" + boundary + b"--"):
+        raise APIError(
+            400, "invalid_multipart", "The multipart body is truncated (no closing boundary)."
+        )
     try:
         return await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
     except (MultiPartException, ClientDisconnect, ValueError, KeyError) as exc:
         raise APIError(400, "invalid_multipart", f"The multipart body is invalid: {exc}") from exc
+    except HTTPException as exc:  # Starlette wraps its parser's errors (too many files, ...)
+        raise APIError(
+            400, "invalid_multipart", f"The multipart body is invalid: {exc.detail}"
+        ) from exc
 
 
 async def _file_parts(form, limit: int) -> list[Upload]:

@@ -94,18 +94,33 @@ def deploy(config: dict) -> None:
 
 
 GLM_ROUTE = "/glm"
+GLM_API_KEY = "test-key-for-the-glm-app"
+# Small enough that a few concurrent 45 s uploads overflow it.
+GLM_MAX_QUEUED_AUDIO_S = 60.0
+
+
+def glm_api_keys_file(model_path: Path) -> Path:
+    return model_path.parent / "api_keys.txt"
 
 
 def tiny_glm_app(model_path: Path) -> dict:
     """A second application serving the tiny GLM-ASR checkpoint through the same code.
 
-    Its replicas reserve almost no CPU so it fits beside configs/local.yaml on two cores.
+    It also carries the settings that would get in the way of the Whisper app's tests: API
+    keys (from a secrets file) and a tight admission bound. Its replicas reserve almost no
+    CPU so it fits beside configs/local.yaml on two cores.
     """
+    keys_file = glm_api_keys_file(model_path)
+    keys_file.write_text(f"{GLM_API_KEY}\n")
     return {
         "name": "glm",
         "route_prefix": GLM_ROUTE,
         "import_path": "serve_app.app:build_app",
-        "args": {"model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]}},
+        "args": {
+            "model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]},
+            "auth": {"api_keys_file": str(keys_file)},
+            "admission": {"max_queued_audio_seconds": GLM_MAX_QUEUED_AUDIO_S, "retry_after_s": 1},
+        },
         "deployments": [
             {"name": "ASRModel", "ray_actor_options": {"num_cpus": 0.1}},
             {"name": "ASRIngress", "ray_actor_options": {"num_cpus": 0.1}},
@@ -115,7 +130,7 @@ def tiny_glm_app(model_path: Path) -> dict:
 
 def wait_ready(base_url: str) -> None:
     def ready() -> bool:
-        return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
+        return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200  # open route
 
     wait_until(ready, READY_DEADLINE_S, interval_s=1.0, what=f"{base_url} to be ready")
 

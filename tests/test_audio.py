@@ -122,3 +122,8 @@ def test_one_sample_decodes() -> None:
 
 def test_empty_bytes() -> None:
     expect_error(b"", 400, "missing_file")
+
+
+def test_forged_low_sample_rate_is_refused_before_decoding() -> None:
+    # 14 KB claiming 1 Hz would otherwise resample into hours of audio.
+    expect_error(encode(tone(0.01, 16000)[:7000], 1, "WAV"), 400, "invalid_audio")

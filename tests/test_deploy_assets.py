@@ -58,8 +58,20 @@ SERVE_BUILTINS = {
 
 # PromQL words that look like identifiers but are not metric names.
 PROMQL_KEYWORDS = {
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "inf", "nan", "atan2",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
 }
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
@@ -110,7 +122,7 @@ def metric_names(expr: str) -> set[str]:
     names = set()
     for match in IDENTIFIER.finditer(text):
         word = match.group()
-        if text[match.end():].lstrip().startswith("(") or word.lower() in PROMQL_KEYWORDS:
+        if text[match.end() :].lstrip().startswith("(") or word.lower() in PROMQL_KEYWORDS:
             continue
         names.add(word)
     return names
@@ -145,7 +157,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def alert_rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 # ---- the name extraction itself -----------------------------------------------------------
@@ -154,11 +167,11 @@ def alert_rules() -> list[dict]:
 def test_metric_names_extracts_only_metrics() -> None:
     expr = (
         'histogram_quantile(0.99, sum by (application, le) (rate(ray_a_bucket{x="y(z)"}[5m])))'
-        ' / on (application) group_left sum(rate(ray_b_total[$__rate_interval] offset 1h))'
+        " / on (application) group_left sum(rate(ray_b_total[$__rate_interval] offset 1h))"
         " > 0.8 * 2048 or absent(ray_c) unless ray_d"
     )
     assert metric_names(expr) == {"ray_a_bucket", "ray_b_total", "ray_c", "ray_d"}
-    assert metric_names("ray_x{le=\"1e3\"} > 1e3") == {"ray_x"}
+    assert metric_names('ray_x{le="1e3"} > 1e3') == {"ray_x"}
 
 
 def test_exported_names_follow_ray_rules() -> None:
@@ -304,6 +317,10 @@ def test_rayservice_cluster_shape() -> None:
 
 def test_render_check_reports_no_drift() -> None:
     result = subprocess.run(
-        [sys.executable, str(RENDER), "--check"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, str(RENDER), "--check"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr

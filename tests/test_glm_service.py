@@ -9,12 +9,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.conftest import GLM_API_KEY
 from tests.speech import SPEECH_DIR
 
 
 @pytest.fixture(scope="module")
 def glm(service_urls: dict) -> httpx.Client:
-    with httpx.Client(base_url=service_urls["glm"], timeout=300) as http:
+    headers = {"Authorization": f"Bearer {GLM_API_KEY}"}
+    with httpx.Client(base_url=service_urls["glm"], timeout=300, headers=headers) as http:
         yield http
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -146,7 +147,7 @@ def test_batching_is_reconfigured_in_place(client: httpx.Client, service: str) -
     before = client.get("/readyz").json()["model"]
     port = int(service.rsplit(":", 1)[1])
     model_path = before["model_id"]
-    glm_path = httpx.get(f"{service}{GLM_ROUTE}/readyz").json()["model"]["model_id"]
+    glm_path = Path(httpx.get(f"{service}{GLM_ROUTE}/readyz").json()["model"]["model_id"])
 
     def deploy_with(max_batch_size: int, wait_s: float) -> None:
         config = local_config(model_path, port)

@@ -139,7 +139,7 @@ spec:
                     mountPath: /home/app/.cache/huggingface
             volumes:
               # A ReadWriteMany claim shared by all GPU pods, so weights download once.
-              # Pre-populate it (`huggingface-cli download <id> --revision <sha>`) and set
+              # Pre-populate it (`hf download <id> --revision <sha>`) and set
               # HF_HUB_OFFLINE=1 above for start-up without the network.
               - name: hf-cache
                 persistentVolumeClaim:
