@@ -76,3 +76,24 @@ def padding_waste(lengths: list[int]) -> float:
     if not lengths:
         return 0.0
     return 1.0 - sum(lengths) / (max(lengths) * len(lengths))
+
+
+# This many consecutive batches in which every chunk failed means the model (or the
+# device under it) is broken, not the audio: health checks fail so Serve replaces us.
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+
+
+class BatchHealth:
+    """Tells a broken model from bad audio by watching whole batches fail in a row."""
+
+    def __init__(self, threshold: int = UNHEALTHY_AFTER_FAILED_BATCHES) -> None:
+        self._threshold = threshold
+        self._failed_in_a_row = 0
+
+    def record(self, results: list[ChunkResult]) -> None:
+        all_failed = bool(results) and all(r.error for r in results)
+        self._failed_in_a_row = self._failed_in_a_row + 1 if all_failed else 0
+
+    def check(self) -> None:
+        if self._failed_in_a_row >= self._threshold:
+            raise RuntimeError(f"{self._failed_in_a_row} batches in a row failed entirely")

@@ -16,16 +16,13 @@ import numpy as np
 from ray import serve
 
 from serve_app.backends.base import ChunkResult, DecodeOptions
-from serve_app.batching import ChunkRequest, run_batch
+from serve_app.batching import BatchHealth, ChunkRequest, run_batch
 from serve_app.config import BatchingConfig, ModelSettings
 from serve_app.metrics import ModelMetrics
 
 logger = logging.getLogger("ray.serve")
 
 WARMUP_SECONDS = 1.0  # enough to run every layer once, cheap on any device
-# This many consecutive batches in which every chunk failed means the model (or the
-# device under it) is broken, not the audio: fail health checks so Serve replaces us.
-UNHEALTHY_AFTER_FAILED_BATCHES = 3
 
 
 @serve.deployment(
@@ -54,7 +51,7 @@ class ASRModel:
             revision=self._settings.revision,
         )
         self._metrics = ModelMetrics()
-        self._failed_batches_in_a_row = 0
+        self._health = BatchHealth()
         self._batching = BatchingConfig()
         # Totals since start, reported by ready(): operators and tests see batching work.
         self._batches_run = 0
@@ -86,10 +83,7 @@ class ASRModel:
         logger.info("batching set to %s", config.model_dump())
 
     def check_health(self) -> None:
-        if self._failed_batches_in_a_row >= UNHEALTHY_AFTER_FAILED_BATCHES:
-            raise RuntimeError(
-                f"{self._failed_batches_in_a_row} batches in a row failed entirely"
-            )
+        self._health.check()
 
     async def ready(self) -> dict:
         """Cheap answer for /readyz: the model is loaded and warmed up once this runs."""
@@ -122,7 +116,5 @@ class ASRModel:
         failures = sum(1 for r in results if r.error)
         if failures:
             self._metrics.chunk_failures.inc(failures)
-        self._failed_batches_in_a_row = (
-            self._failed_batches_in_a_row + 1 if failures == len(results) else 0
-        )
+        self._health.record(results)
         return results

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from serve_app.backends.base import ChunkResult, DecodeOptions
-from serve_app.batching import ChunkRequest, group_for_generate, padding_waste, run_batch
+from serve_app.batching import (
+    BatchHealth,
+    ChunkRequest,
+    group_for_generate,
+    padding_waste,
+    run_batch,
+)
 
 
 def request(n: int, language: str | None = None) -> ChunkRequest:
@@ -42,3 +49,17 @@ def test_a_failing_chunk_does_not_fail_its_batch_mates() -> None:
 def test_padding_waste() -> None:
     assert padding_waste([10, 10]) == 0.0
     assert padding_waste([10, 30]) == 1 - 40 / 60
+
+
+def test_health_fails_only_after_whole_batches_keep_failing() -> None:
+    health = BatchHealth(threshold=3)
+    broken = [ChunkResult(error="CUDA error"), ChunkResult(error="CUDA error")]
+    for _ in range(2):
+        health.record(broken)
+        health.check()  # bad audio happens; two failed batches are not yet a broken model
+    health.record([ChunkResult(text="ok"), ChunkResult(error="bad chunk")])
+    health.check()  # a partial success resets the count
+    for _ in range(3):
+        health.record(broken)
+    with pytest.raises(RuntimeError, match="3 batches"):
+        health.check()
