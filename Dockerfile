@@ -16,10 +16,11 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY serve_app ./serve_app
-# torch's default wheel on Linux is the CUDA build.
-RUN pip install --upgrade pip && pip install .
+# Every dependency at the version the project was tested with; torch's default wheel on
+# Linux is the CUDA build.
+RUN pip install --upgrade pip==25.3 && pip install -c requirements.lock .
 
 FROM ${CUDA_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
