@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from serve_app.auth import APIKeyChecker, load_api_keys
@@ -43,7 +44,10 @@ api = FastAPI(
 
 
 @api.exception_handler(APIError)
-async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    ingress = getattr(request.app.state, "ingress", None)
+    if exc.code == "file_too_large" and ingress is not None:
+        ingress.metrics.rejections.inc(tags={"reason": "size"})
     return exc.response()
 
 
@@ -79,8 +83,17 @@ def _path_in_app(request: Request) -> str:
 
 
 def _route_of(request: Request) -> str:
-    """The route template, not the raw path, so metrics stay low-cardinality."""
+    """The route template, not the raw path, so metrics stay low-cardinality.
+
+    Requests refused before routing (a 401) are matched here so they count under their
+    route too.
+    """
     route = request.scope.get("route")
+    if route is None:
+        route = next(
+            (r for r in request.app.router.routes if r.matches(request.scope)[0] == Match.FULL),
+            None,
+        )
     return getattr(route, "path", None) or "unmatched"
 
 

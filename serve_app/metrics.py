@@ -7,12 +7,52 @@ Metric objects are created inside replicas, where a Ray worker context exists.
 
 from __future__ import annotations
 
+import threading
+import time
+
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 RTF_BOUNDARIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 WAIT_BOUNDARIES_S = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+# Ray's metrics agent drops a gauge series that no worker has recorded for two report
+# intervals (2 x 10 s by default): a value set once, say the cache size before a quiet
+# spell, would vanish from /metrics. Re-recording it well within one interval keeps it.
+GAUGE_REFRESH_S = 5.0
+
+
+class RefreshedGauge(Gauge):
+    """A Serve Gauge that re-records its last value of each tag set every few seconds."""
+
+    def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None):
+        super().__init__(name, description=description, tag_keys=tag_keys)
+        self._last: dict[tuple, tuple[float, dict[str, str] | None]] = {}
+        self._lock = threading.Lock()
+        self._refresher: threading.Thread | None = None
+
+    def set(self, value: float | None, tags: dict[str, str] | None = None) -> None:
+        super().set(value, tags)
+        if value is None:
+            return
+        with self._lock:
+            self._last[tuple(sorted((tags or {}).items()))] = (value, dict(tags) if tags else None)
+            if self._refresher is None:
+                self._refresher = threading.Thread(
+                    target=self._refresh_forever, name=f"refresh-{self._name}", daemon=True
+                )
+                self._refresher.start()
+
+    def _refresh_forever(self) -> None:
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            with self._lock:
+                values = list(self._last.values())
+            for value, tags in values:
+                try:
+                    Gauge.set(self, value, dict(tags) if tags else None)
+                except Exception:  # noqa: BLE001 - a metric must never take the replica down
+                    pass
 
 
 class IngressMetrics:
@@ -46,7 +86,7 @@ class IngressMetrics:
         self.cache_evictions = Counter(
             "asr_cache_evictions_total", description="Entries evicted to stay within bytes."
         )
-        self.cache_bytes = Gauge("asr_cache_bytes", description="Bytes held by the cache.")
+        self.cache_bytes = RefreshedGauge("asr_cache_bytes", description="Bytes held by the cache.")
         self.decode_failures = Counter(
             "asr_decode_failures_total",
             description="Uploads that could not be decoded, by error code.",

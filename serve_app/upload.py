@@ -43,13 +43,16 @@ def _check_declared_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, disconnect_code: str) -> bytes:
     """The body, refusing as soon as it grows past the limit (Content-Length can lie)."""
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise _too_large(limit)
+    except ClientDisconnect as exc:
+        raise APIError(400, disconnect_code, "The client disconnected mid-upload.") from exc
     return bytes(body)
 
 
@@ -61,14 +64,12 @@ def _boundary(request: Request) -> bytes:
     raise APIError(400, "invalid_multipart", "The multipart Content-Type has no boundary.")
 
 
-async def _parse_form(request: Request, max_files: int):
+async def _parse_form(request: Request, max_files: int, body_limit: int):
     # The parser accepts a body cut off mid-part and returns what it saw, which would
     # turn a truncated upload into a "missing file"; the closing delimiter tells.
     boundary = _boundary(request)
-    try:
-        body = await request.body()  # Serve's proxy has already buffered it in full
-    except ClientDisconnect as exc:
-        raise APIError(400, "invalid_multipart", "The client disconnected mid-upload.") from exc
+    body = await _read_body(request, body_limit, "invalid_multipart")
+    request._body = body  # Starlette's cache: request.form() parses these bytes, not the stream
     if not body.strip():
         raise APIError(400, "missing_file", "The multipart body is empty.", param="file")
     if not body.rstrip(b"\r\n").endswith(b"--" + boundary + b"--"):
@@ -109,7 +110,7 @@ def _text_fields(form) -> list[tuple[str, Any]]:
 
 
 async def _read_multipart(request: Request, limit: int) -> Upload:
-    form = await _parse_form(request, max_files=1)
+    form = await _parse_form(request, max_files=1, body_limit=limit + MULTIPART_OVERHEAD_BYTES)
     try:
         upload = (await _file_parts(form, limit))[0]
         return Upload(data=upload.data, filename=upload.filename, fields=_text_fields(form))
@@ -124,13 +125,14 @@ async def read_uploads(
 
     Empty files are kept: they get their own error in the batch result.
     """
-    _check_declared_length(request, max_files * limit + MULTIPART_OVERHEAD_BYTES)
+    body_limit = max_files * limit + MULTIPART_OVERHEAD_BYTES
+    _check_declared_length(request, body_limit)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise APIError(
             415, "unsupported_media_type", "Send multipart/form-data with one or more 'file' parts."
         )
-    form = await _parse_form(request, max_files=max_files)
+    form = await _parse_form(request, max_files=max_files, body_limit=body_limit)
     try:
         return await _file_parts(form, limit), _text_fields(form)
     finally:
@@ -152,7 +154,7 @@ async def read_upload(request: Request, limit: int) -> Upload:
     if content_type == "multipart/form-data":
         upload = await _read_multipart(request, limit)
     elif _is_raw_audio(content_type):
-        data = await _read_body(request, limit)
+        data = await _read_body(request, limit, "invalid_audio")  # a cut-off file
         upload = Upload(data=data, filename=None, fields=list(request.query_params.multi_items()))
     else:
         raise APIError(

@@ -56,6 +56,10 @@ def ray_instance() -> Iterator[dict]:
     import ray
     from ray import serve
 
+    from serve_app.proxy_hooks import proxy_env
+
+    # The proxy actor reads these when it starts; Ray's processes inherit the driver's env.
+    os.environ.update(proxy_env())
     metrics_port = free_port()
     ray.init(
         address="local",
