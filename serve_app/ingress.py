@@ -321,11 +321,11 @@ class ASRIngress:
         )
         request.state.audio_seconds += job.duration
         return StreamingResponse(
-            self._events(job), media_type="text/event-stream",
+            self._events(job, started=time.monotonic()), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Audio-Duration": f"{job.duration:.3f}"},
         )
 
-    async def _events(self, job: Job) -> AsyncIterator[str]:
+    async def _events(self, job: Job, started: float) -> AsyncIterator[str]:
         results = []
         try:
             async for result in self._transcriber.results_in_order(job):
@@ -335,6 +335,7 @@ class ASRIngress:
                     yield _sse({"type": "transcript.text.delta", "delta": prefix + result.text.strip()})
             transcription = self._transcriber.finish(job, results)
             self.metrics.audio_seconds_transcribed.inc(max(job.duration, 1e-9))
+            self.metrics.real_time_factor.observe((time.monotonic() - started) / job.duration)
             yield _sse({"type": "transcript.text.done", "text": transcription.text})
         except APIError as exc:
             yield _sse({"type": "error", **exc.body()})
