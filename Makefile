@@ -26,12 +26,19 @@ demo-model: $(STAMP)
 
 setup: demo-model
 
+# The proxy guard (serve_app/proxy_hooks.py) caps request bodies where Ray's proxy first
+# sees them: limits.max_upload_bytes in configs/local.yaml + 64 KiB of multipart framing.
+serve: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH = serve_app.proxy_hooks:proxy_middlewares
+serve: export ASR_MAX_UPLOAD_BYTES = 104923136
 serve: setup
 	@echo "Starting the service on http://127.0.0.1:8000 (Ctrl-C stops it)"
 	$(VENV)/bin/serve run configs/local.yaml
 
+# tests/cluster start Ray clusters of their own (replica kills, node loss, serve deploy), so
+# they run in a second pytest process once the main suite's Ray instance is gone.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=tests/cluster
+	$(PY) -m pytest tests/cluster
 
 bench: setup
 	$(PY) -m benchmarks.run

@@ -184,10 +184,10 @@ class ASRIngress:
             return exc.response()
         return JSONResponse({"status": "ready", "model": info})
 
-    async def _fetch_model_info(self) -> dict:
+    async def _fetch_model_info(self, timeout_s: float | None = None) -> dict:
         try:
             info = await asyncio.wait_for(
-                self._ready_call(), timeout=self._args.readiness_timeout_s
+                self._ready_call(), timeout=timeout_s or self._args.readiness_timeout_s
             )
         except asyncio.TimeoutError:
             raise APIError(503, "not_ready", "The model is still loading.") from None
@@ -277,7 +277,12 @@ class ASRIngress:
     async def _validated(self, fields: list, task: str) -> tuple[TranscriptionParams, DecodeOptions]:
         params = parse_params(fields)
         check_model(params.model, self._args.model.accepts, self._args.model.name)
-        info = self._model_info or await self._fetch_model_info()
+        # A new ingress replica learns the model's abilities on its first request; it waits
+        # as long as a request may (not the readiness probe's few seconds) for a model
+        # replica that is still loading.
+        info = self._model_info or await self._fetch_model_info(
+            self._args.limits.timeout_base_s
+        )
         if task == "translate" and not info["can_translate"]:
             raise invalid_parameter(
                 "model", f"The {info['family']} model cannot translate; use transcriptions."

@@ -119,6 +119,9 @@ spec:
             labels:
               app.kubernetes.io/name: asr-service
           spec:
+            # Serve drains a replaced replica for up to graceful_shutdown_timeout_s (the
+            # longest allowed audio); Kubernetes must not kill the pod sooner.
+            terminationGracePeriodSeconds: 15000
             containers:
               - name: ray-worker
                 image: asr-service:0.1.0  # placeholder, same image as the head

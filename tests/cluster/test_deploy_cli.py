@@ -1,0 +1,188 @@
+"""Zero-downtime config updates with the real CLI, as operators run them (docs/operations.md):
+`ray start --head`, then `serve deploy` of configs/local.yaml and of edited copies, under a
+steady stream of requests.
+
+- a `user_config` change (batching) reaches the running model replica through
+  reconfigure(): same replica, new batching in /readyz;
+- scaling the ingress to two replicas and back (a lightweight `num_replicas` change) starts
+  a replica behind the proxy, then drains one;
+- no request fails during any of it.
+
+The head runs in the foreground (`ray start --block`) as a child of this test, so stopping
+it by PID stops exactly this cluster; `ray stop` would stop every Ray cluster on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.cluster.conftest import PRIVATE_TMP, Load, describe, outcome, wait_model
+from tests.conftest import READY_DEADLINE_S, free_port, local_config, wait_until
+
+BIN = Path(sys.executable).parent  # the venv's `ray` and `serve`
+CLI_TIMEOUT_S = 180  # one CLI call (Python and Ray imports are slow on a busy machine)
+
+
+class Head:
+    """A one-node cluster from `ray start --head --block`, private ports and temp dir."""
+
+    def __init__(self) -> None:
+        self.temp_dir = PRIVATE_TMP / "cli"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.dashboard_url = f"http://127.0.0.1:{free_port()}"
+        self.env = {
+            **os.environ,
+            # Private test cluster bound to 127.0.0.1: no token (Ray 2.60 would otherwise
+            # turn token auth on and every `serve` call would need RAY_AUTH_TOKEN).
+            "RAY_AUTH_MODE": "disabled",
+            # Nothing to drain at teardown; stop at once.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
+        self.log_path = self.temp_dir / "ray-start.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "ray"), "start", "--head", "--block",
+                f"--port={free_port()}",
+                "--include-dashboard=true",  # `serve deploy` talks to the dashboard
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_url.rsplit(':', 1)[1]}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                "--num-cpus=2",
+                f"--temp-dir={self.temp_dir}",
+                "--disable-usage-stats",
+            ],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_up(self) -> None:
+        def dashboard_answers() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+            return httpx.get(f"{self.dashboard_url}/api/version", timeout=5).status_code == 200
+
+        wait_until(dashboard_answers, 180, interval_s=1.0, what="the dashboard of ray start")
+
+    def serve(self, *args: str) -> str:
+        result = subprocess.run(
+            [str(BIN / "serve"), *args, "--address", self.dashboard_url],
+            env=self.env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        )
+        assert result.returncode == 0, f"serve {args}: {result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def deploy(self, config: dict) -> None:
+        path = self.temp_dir / "asr.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.serve("deploy", str(path))
+
+    def status(self) -> dict:
+        return yaml.safe_load(self.serve("status"))
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block` stops the processes it started; whatever of this
+        cluster outlives it (all carry our private temp dir) is killed by PID."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self._log.close()
+        marker = str(self.temp_dir)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(marker in part for part in proc.info["cmdline"] or ()):
+                    proc.kill()
+            except psutil.Error:
+                pass
+
+
+def app_settled(head: Head, replicas: dict[str, int]) -> bool:
+    """`serve status`: the app RUNNING, every deployment HEALTHY with exactly these counts."""
+    app = head.status()["applications"]["asr"]
+    if app["status"] != "RUNNING":
+        return False
+    deployments = app["deployments"]
+    return all(
+        deployments[name]["status"] == "HEALTHY"
+        and deployments[name]["replica_states"] == {"RUNNING": count}
+        for name, count in replicas.items()
+    )
+
+
+def wait_settled(head: Head, replicas: dict[str, int], what: str) -> None:
+    wait_until(lambda: app_settled(head, replicas), READY_DEADLINE_S, interval_s=2.0, what=what)
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[Head]:
+    head = Head()
+    try:
+        head.wait_up()
+        yield head
+    finally:
+        head.stop()
+
+
+def test_config_updates_under_load_fail_no_request(head: Head, demo_model_path: Path) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    config = local_config(demo_model_path, port)
+    head.deploy(config)
+    wait_settled(head, {"ASRModel": 1, "ASRIngress": 1}, "the first deploy to be RUNNING")
+    before = wait_model(base_url)
+    assert before["batching"]["max_batch_size"] == 8
+
+    def updated(change) -> None:
+        """Edit the deployments of the config, then `serve deploy` it."""
+        change({d["name"]: d for d in config["applications"][0]["deployments"]})
+        head.deploy(config)
+
+    load = Load(base_url, threads=2).start()
+    try:
+        wait_until(lambda: load.count() >= 2, READY_DEADLINE_S, what="load to flow")
+
+        # 1. Batching (user_config): applied in place by reconfigure(), no new replica.
+        updated(lambda d: d["ASRModel"]["user_config"].update(max_batch_size=4))
+        after = wait_model(
+            base_url, lambda info: info["batching"]["max_batch_size"] == 4, "batching of 4"
+        )
+        assert after["replica"] == before["replica"], "a user_config change restarted the model"
+        wait_settled(head, {"ASRModel": 1, "ASRIngress": 1}, "the batching change to settle")
+        mark = load.count()
+        wait_until(lambda: load.count() >= mark + 2, READY_DEADLINE_S, what="load after batching")
+
+        # 2. Scale up: a second ingress replica joins behind the proxy.
+        updated(lambda d: d["ASRIngress"].update(num_replicas=2))
+        wait_settled(head, {"ASRModel": 1, "ASRIngress": 2}, "two ingress replicas")
+        mark = load.count()
+        wait_until(lambda: load.count() >= mark + 4, READY_DEADLINE_S, what="load after scale-up")
+
+        # 3. Scale down: one ingress replica drains while requests keep coming.
+        updated(lambda d: d["ASRIngress"].update(num_replicas=1))
+        wait_settled(head, {"ASRModel": 1, "ASRIngress": 1}, "one ingress replica again")
+        mark = load.count()
+        wait_until(lambda: load.count() >= mark + 2, READY_DEADLINE_S, what="load after scale-down")
+    finally:
+        results = load.stop()
+
+    failed = [describe(r) for r in results if outcome(r) != "ok"]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed}"
+    final = wait_model(base_url)
+    assert final["replica"] == before["replica"], "the model replica was restarted"
+    assert final["batching"]["max_batch_size"] == 4
