@@ -15,10 +15,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoProcessor
 
-from serve_app.backends.base import SAMPLE_RATE, DecodeOptions
+from serve_app.backends.base import MAX_CHUNK_SAMPLES, SAMPLE_RATE, DecodeOptions
 from serve_app.backends.glm_asr import (
     GLM_ASR_MODEL_TYPE,
-    MAX_CHUNK_SAMPLES,
     GlmAsrBackend,
     is_glm_asr_config,
     max_new_tokens_for,

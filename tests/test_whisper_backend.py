@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.backends.base import SAMPLE_RATE, DecodeOptions
-from serve_app.backends.whisper import CHUNK_LIMIT_S, WhisperBackend
+from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, DecodeOptions
+from serve_app.backends.whisper import WhisperBackend
 from tests.speech import load_speech_fixtures, normalize, word_error_rate
 
 MAX_CORPUS_WER = 0.20  # the demo model scores ~0.02 on these; 0.20 leaves room for CPU/GPU drift
@@ -57,7 +57,7 @@ def test_bad_chunks_come_back_as_errors_while_batch_mates_succeed(backend, fixtu
     good_a, good_b = fixtures[0], fixtures[4]
     nan_chunk = good_a.audio.copy()
     nan_chunk[100] = np.nan
-    too_long = np.zeros((CHUNK_LIMIT_S + 1) * SAMPLE_RATE, dtype=np.float32)
+    too_long = np.zeros((MAX_CHUNK_SECONDS + 1) * SAMPLE_RATE, dtype=np.float32)
     chunks = [
         good_a.audio,
         nan_chunk,

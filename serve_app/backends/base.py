@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 
 SAMPLE_RATE = 16_000  # every backend consumes 16 kHz mono float32
+MAX_CHUNK_SECONDS = 30  # Whisper's fixed encoder window; GLM-ASR's feature window too
+MAX_CHUNK_SAMPLES = MAX_CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,22 @@ class ASRBackend(Protocol):
     ) -> list[ChunkResult]:
         """Transcribe a padded batch; one result per input, in order."""
         ...
+
+
+def chunk_problem(audio: object) -> str | None:
+    """Why this array cannot be transcribed as one chunk, or None when it can.
+
+    A longer array would be split into several windows by the feature extractors, which
+    breaks one result per chunk; the ingress never sends one.
+    """
+    if not isinstance(audio, np.ndarray):
+        return f"expected a numpy array, got {type(audio).__name__}"
+    if audio.ndim != 1:
+        return f"expected mono audio (1-D), got shape {audio.shape}"
+    if audio.dtype != np.float32:
+        return f"expected float32 samples, got {audio.dtype}"
+    if audio.size > MAX_CHUNK_SAMPLES:
+        return f"chunk is {audio.size / SAMPLE_RATE:.1f} s long; the limit is {MAX_CHUNK_SECONDS} s"
+    if not np.isfinite(audio).all():
+        return "audio holds NaN or infinite samples"
+    return None

@@ -15,16 +15,18 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, GlmAsrForConditionalGeneration
 
-from serve_app.backends.base import SAMPLE_RATE, BackendInfo, ChunkResult, DecodeOptions
+from serve_app.backends.base import (
+    SAMPLE_RATE,
+    BackendInfo,
+    ChunkResult,
+    DecodeOptions,
+    chunk_problem,
+)
 
 # `config.model_type` of GLM-ASR checkpoints; load_backend picks this family from it.
 GLM_ASR_MODEL_TYPE = "glmasr"
 FAMILY = "glm_asr"
 
-MAX_CHUNK_SECONDS = 30
-# 480000 samples: one feature-extractor window. A longer array would be split by the
-# processor into several windows of one prompt, which breaks one-result-per-chunk.
-MAX_CHUNK_SAMPLES = MAX_CHUNK_SECONDS * SAMPLE_RATE
 # 1600 samples = 0.1 s. Below ~0.06 s the encoder yields zero audio tokens, and the LM
 # would then "transcribe" a prompt with no audio in it; nothing this short holds a word.
 MIN_SPEECH_SAMPLES = SAMPLE_RATE // 10
@@ -51,21 +53,6 @@ def max_new_tokens_for(n_samples: int) -> int:
     """The default generation bound for a chunk of `n_samples` samples."""
     return MIN_NEW_TOKENS + math.ceil(n_samples / SAMPLE_RATE * TOKENS_PER_SECOND)
 
-
-def check_audio(audio: object) -> str | None:
-    """Why this array cannot be transcribed, or None when it can."""
-    if not isinstance(audio, np.ndarray):
-        return f"audio must be a numpy array, got {type(audio).__name__}"
-    if audio.ndim != 1:
-        return f"audio must be 1-D mono, got shape {audio.shape}"
-    if audio.dtype != np.float32:
-        return f"audio must be float32, got {audio.dtype}"
-    if audio.shape[0] > MAX_CHUNK_SAMPLES:
-        seconds = audio.shape[0] / SAMPLE_RATE
-        return f"chunk is {seconds:.2f} s, longer than {MAX_CHUNK_SECONDS} s"
-    if not np.isfinite(audio).all():
-        return "audio contains NaN or Inf samples"
-    return None
 
 
 class GlmAsrBackend:
@@ -143,7 +130,7 @@ class GlmAsrBackend:
         results: list[ChunkResult] = [ChunkResult() for _ in audios]
         runnable: list[int] = []
         for i, audio in enumerate(audios):
-            error = check_audio(audio)
+            error = chunk_problem(audio)
             if error is not None:
                 results[i] = ChunkResult(error=error)
             elif audio.shape[0] < MIN_SPEECH_SAMPLES:

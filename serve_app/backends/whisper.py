@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-from serve_app.backends.base import SAMPLE_RATE, BackendInfo, ChunkResult, DecodeOptions
+from serve_app.backends.base import (
+    SAMPLE_RATE,
+    BackendInfo,
+    ChunkResult,
+    DecodeOptions,
+    chunk_problem,
+)
 
 logger = logging.getLogger(__name__)
 
-CHUNK_LIMIT_S = 30  # Whisper's encoder sees a fixed 30 s window
-CHUNK_LIMIT_SAMPLES = CHUNK_LIMIT_S * SAMPLE_RATE  # 480000 samples
 TASKS = ("transcribe", "translate")
 # Decoder positions taken by <|startoftranscript|> <|lang|> <|task|> <|notimestamps|>.
 _INIT_TOKENS = 4
@@ -93,7 +97,7 @@ class WhisperBackend:
         results: list[ChunkResult | None] = [None] * len(audios)
         todo: list[int] = []
         for i, audio in enumerate(audios):
-            if (problem := _chunk_problem(audio)) is not None:
+            if (problem := chunk_problem(audio)) is not None:
                 results[i] = ChunkResult(error=problem)
             elif audio.size == 0:  # nothing to hear is not an error
                 results[i] = ChunkResult(text="", language=options.language)
@@ -164,18 +168,3 @@ class WhisperBackend:
             ChunkResult(text=t.strip(), language=lang)
             for t, lang in zip(texts, languages, strict=True)
         ]
-
-
-def _chunk_problem(audio: object) -> str | None:
-    """Why this chunk cannot be decoded, or None when it can."""
-    if not isinstance(audio, np.ndarray):
-        return f"expected a numpy array, got {type(audio).__name__}"
-    if audio.ndim != 1:
-        return f"expected mono audio (1-D), got shape {audio.shape}"
-    if audio.dtype != np.float32:
-        return f"expected float32 samples, got {audio.dtype}"
-    if audio.size > CHUNK_LIMIT_SAMPLES:
-        return f"chunk is {audio.size / SAMPLE_RATE:.1f} s long; the limit is {CHUNK_LIMIT_S} s"
-    if not np.isfinite(audio).all():
-        return "audio holds NaN or infinite samples"
-    return None
