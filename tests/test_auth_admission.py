@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -83,3 +84,22 @@ def test_a_file_larger_than_the_whole_bound_is_still_served_when_idle(glm_url: s
     buffer = io.BytesIO()
     sf.write(buffer, audio, 16_000, format="WAV")
     assert post(glm_url, buffer.getvalue()).status_code == 200
+
+
+def test_keys_never_reach_the_logs(glm_url: str, ray_instance: dict) -> None:
+    import ray
+
+    wrong_key = "wrong-key-that-must-not-be-logged"
+    assert post(glm_url, WAV, key=wrong_key).status_code == 401
+    marker = httpx.get(f"{glm_url}/healthz", headers={"X-Request-ID": "log-marker-7f3a"})
+    assert marker.status_code == 200
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+
+    def marker_logged() -> bool:  # the replica's log has caught up with our requests
+        return any("log-marker-7f3a" in p.read_text(errors="ignore") for p in logs.rglob("*.log"))
+
+    wait_until(marker_logged, 60, what="the ingress log to show the marker request")
+    for path in logs.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="ignore")
+            assert GLM_API_KEY not in text and wrong_key not in text, path.name
