@@ -61,11 +61,15 @@ def test_formats_decode(fmt: str, subtype: str | None) -> None:
     assert np.isfinite(audio).all()
 
 
-def test_webm_opus_through_pyav() -> None:
+@pytest.mark.parametrize(
+    "container_format,codec", [("webm", "libopus"), ("mp4", "aac"), ("ipod", "aac")]
+)
+def test_containers_libsndfile_cannot_read_go_through_pyav(container_format: str, codec: str) -> None:
+    """WebM/Opus (browser recordings), MP4 and M4A (AAC): decoded by PyAV's bundled ffmpeg."""
     av = pytest.importorskip("av")
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="webm") as container:
-        stream = container.add_stream("libopus", rate=48000, layout="mono")
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=48000, layout="mono")
         samples = tone(1.0, 48000)[:, 0].astype(np.float32)[None, :]
         frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
         frame.rate = 48000
