@@ -1,0 +1,435 @@
+"""Throughput and latency of the service against its ceiling and a naive server.
+
+    python -m benchmarks.run            # full run, sized for ≤ 15 min on 2 idle cores
+    python -m benchmarks.run --quick    # a few requests per point: a smoke run
+
+One run, one machine, the same audio, one measurement at a time:
+
+1. ceiling      WhisperBackend in this process, batches of 1, 2, 4 and 8 five-second clips
+                (FP32 on CPU, torch threads as in configs/local.yaml); the fastest batch of
+                each size gives its rate, the best batch size is the ceiling;
+2. naive        benchmarks/naive_server.py in a subprocess: one request at a time, no
+                batching, what tutorials build; over HTTP at concurrency 1 and 8;
+3. service      configs/local.yaml on a private Ray instance over HTTP at concurrency
+                1, 4, 8 and 16, batching on (the YAML's user_config) and off
+                (max_batch_size 1), for 5-s clips, mixed lengths (2-30 s) and one long
+                file; then the latency of cache hits.
+
+Requests carry `Cache-Control: no-store` except in the cache-hit step, so repeated audio is
+transcribed every time. Raw results go to benchmarks/results/bench-<time>.json, the
+throughput/latency chart to bench-<time>.png (needs the `bench` extra: matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import yaml
+
+from benchmarks.common import (
+    CONFIG_PATH,
+    LONG_FIXTURE,
+    NO_STORE,
+    RESULTS_DIR,
+    SAMPLE_RATE,
+    LocalService,
+    RequestSpec,
+    demo_model,
+    fit,
+    fmt,
+    free_port,
+    join,
+    latency_summary,
+    load_average,
+    load_clip,
+    machine_info,
+    run_load,
+    speech_clips,
+    summarize,
+    timestamp,
+    wait_until,
+    wav_bytes,
+    write_json,
+)
+from serve_app.batching import padding_waste
+
+CLIP_SECONDS = 5.0
+CONCURRENCY = (1, 4, 8, 16)
+CEILING_BATCH_SIZES = (1, 2, 4, 8)
+NAIVE_CONCURRENCY = (1, 8)
+# Mixed lengths across Whisper's whole window; each stays one chunk (≤ 30 s). Shuffled, so
+# the few requests of a --quick point still span short and long.
+MIXED_SECONDS = (14, 2, 29, 7, 22, 4, 18, 10, 26)
+GAP_SECONDS = 0.5  # between joined sentences: a pause, shorter than a chunk boundary
+WHISPER_WINDOW_S = 30.0  # the feature extractor pads every chunk to this
+NAIVE = "naive server"
+SERVICE_ON, SERVICE_OFF = "service batching on", "service batching off"
+SERIES_COLORS = {NAIVE: "tab:gray", SERVICE_ON: "tab:blue", SERVICE_OFF: "tab:orange"}
+REQUEST_TIMEOUT_S = 1800.0  # client side; the service's own budget answers 504 first
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many requests each point gets; `quick` keeps every point to about one wave."""
+
+    quick: bool
+    concurrency: tuple[int, ...]
+
+    def ceiling_clips(self, batch_size: int) -> int:  # at least two batches of each size
+        return 2 * batch_size if self.quick else max(16, 2 * batch_size)
+
+    def naive_requests(self, concurrency: int) -> int:
+        return max(2, concurrency) if self.quick else max(12, 3 * concurrency)
+
+    def clip_requests(self, concurrency: int) -> int:
+        return max(2, concurrency) if self.quick else max(16, 2 * concurrency)
+
+    @property
+    def mixed_concurrency(self) -> tuple[int, ...]:
+        if not self.quick:
+            return self.concurrency
+        return tuple(c for c in self.concurrency if c in (1, 8)) or self.concurrency[:1]
+
+    def mixed_requests(self, concurrency: int) -> int:
+        return max(2, concurrency) if self.quick else max(9, concurrency)
+
+    @property
+    def long_repeats(self) -> int:  # the long file is long_45s.wav this many times over
+        return 1 if self.quick else 4
+
+    @property
+    def cache_requests(self) -> int:
+        return 5 if self.quick else 20
+
+
+# ---- audio sets -----------------------------------------------------------------------
+
+
+def five_second_clips() -> list[np.ndarray]:
+    return [fit(c.audio, CLIP_SECONDS) for c in speech_clips()]
+
+
+def mixed_clips() -> list[np.ndarray]:
+    sentences = [c.audio for c in speech_clips()]
+    out = []
+    for i, seconds in enumerate(MIXED_SECONDS):
+        chosen, total = [], 0.0
+        while total < seconds:
+            audio = sentences[(i + len(chosen)) % len(sentences)]
+            chosen.append(audio)
+            total += audio.size / SAMPLE_RATE + GAP_SECONDS
+        out.append(fit(join(chosen, GAP_SECONDS), seconds))
+    return out
+
+
+def long_file(repeats: int) -> np.ndarray:
+    return join([load_clip(LONG_FIXTURE).audio] * repeats, 1.0)
+
+
+def specs(kind: str, audios: list[np.ndarray], headers: dict | None = None):
+    payloads = [(wav_bytes(a), a.size / SAMPLE_RATE) for a in audios]
+
+    def next_spec(index: int) -> RequestSpec:
+        data, seconds = payloads[index % len(payloads)]
+        sent = dict(NO_STORE if headers is None else headers)
+        return RequestSpec(kind, data, seconds, headers=sent)
+
+    return next_spec
+
+
+# ---- 1. ceiling -----------------------------------------------------------------------
+
+
+def measure_ceiling(plan: Plan, clips: list[np.ndarray], threads: int) -> list[dict]:
+    import torch
+
+    from serve_app.backends.base import DecodeOptions
+    from serve_app.backends.whisper import WhisperBackend
+
+    torch.set_num_threads(threads)
+    backend = WhisperBackend(str(demo_model()), device="cpu", dtype=torch.float32)
+    options = DecodeOptions()
+    backend.transcribe_batch(clips[:1], options)  # warm-up, not counted
+    rows = []
+    for batch_size in CEILING_BATCH_SIZES:
+        n = plan.ceiling_clips(batch_size)
+        audios = [clips[i % len(clips)] for i in range(n)]
+        batch_times, wastes = [], []
+        started = time.perf_counter()
+        for i in range(0, n, batch_size):
+            batch = audios[i : i + batch_size]
+            t0 = time.perf_counter()
+            results = backend.transcribe_batch(batch, options)
+            batch_times.append(time.perf_counter() - t0)
+            wastes.append(padding_waste([a.size for a in batch]))
+            if any(r.error for r in results):
+                raise RuntimeError(f"ceiling batch failed: {[r.error for r in results]}")
+        wall = time.perf_counter() - started
+        # The ceiling is what the model can do at best: its fastest batch, so a neighbour's
+        # burst on a shared machine lowers it less (the wall-time figure is kept as well).
+        best = batch_size / min(batch_times)
+        row = {
+            "scenario": f"ceiling bs={batch_size}", "workload": "5s", "batch_size": batch_size,
+            "concurrency": None, "requests": n, "ok": n, "wall_s": wall,
+            "clips_per_s": best, "audio_s_per_s": best * CLIP_SECONDS,
+            "wall_clips_per_s": n / wall,
+            **latency_summary(batch_times),  # latency of one batch
+            "padding_waste": float(np.mean(wastes)),
+            "window_padding": 1 - CLIP_SECONDS / WHISPER_WINDOW_S,
+            "load_average": load_average(),
+        }
+        print(f"  ceiling bs={batch_size}: {best:.3f} clips/s (fastest of "
+              f"{len(batch_times)} batches; {n / wall:.3f} over the wall time)  "
+              f"load {row['load_average']}", flush=True)
+        rows.append(row)
+    del backend
+    gc.collect()
+    return rows
+
+
+# ---- 2. naive server ------------------------------------------------------------------
+
+
+def measure_naive(plan: Plan, clips: list[np.ndarray], threads: int) -> list[dict]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.naive_server", "--model", str(demo_model()),
+         "--port", str(port), "--threads", str(threads)],
+    )
+    rows = []
+    try:
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 600,
+                   what="the naive server")
+        warm_up = specs("5s", clips[:1])
+        run_load(url, warm_up, 1, max_requests=1, timeout_s=REQUEST_TIMEOUT_S)
+        for concurrency in NAIVE_CONCURRENCY:
+            outcomes, wall = run_load(url, specs("5s", clips), concurrency,
+                                      max_requests=plan.naive_requests(concurrency),
+                                      timeout_s=REQUEST_TIMEOUT_S)
+            rows.append(_row(NAIVE, "5s", concurrency, outcomes, wall))
+    finally:
+        process.terminate()  # only the process this function started
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return rows
+
+
+def _row(scenario: str, workload: str, concurrency: int, outcomes, wall: float, **extra) -> dict:
+    row = {"scenario": scenario, "workload": workload, "concurrency": concurrency,
+           **summarize(outcomes, wall), **extra, "load_average": load_average()}
+    print(f"  {scenario} [{workload}] c={concurrency}: {row['ok']}/{row['requests']} ok, "
+          f"{fmt(row['clips_per_s'], 3)} clips/s, p50 {fmt(row['p50_s'])} s  "
+          f"load {row['load_average']}", flush=True)
+    return row
+
+
+# ---- 3. the service -------------------------------------------------------------------
+
+
+def _batch_stats(before: dict, after: dict) -> dict:
+    batches = after["batches_run"] - before["batches_run"]
+    chunks = after["chunks_run"] - before["chunks_run"]
+    mean = chunks / batches if batches else None
+    return {"batches": batches, "chunks": chunks, "mean_batch": mean}
+
+
+def _mixed_padding(audios: list[np.ndarray], n: int, mean_batch: float | None) -> dict:
+    """Estimated padding for the mixed set: requests grouped in arrival order into
+    batches of the observed mean size (the replica does not report each batch's lengths)."""
+    lengths = [audios[i % len(audios)].size for i in range(n)]
+    size = max(1, round(mean_batch or 1))
+    wastes = [padding_waste(lengths[i : i + size]) for i in range(0, n, size)]
+    return {
+        "padding_waste_est": float(np.mean(wastes)),
+        "window_padding": 1 - sum(lengths) / (len(lengths) * WHISPER_WINDOW_S * SAMPLE_RATE),
+    }
+
+
+def measure_service(plan: Plan, clips, mixed, long_audio) -> tuple[list[dict], dict]:
+    rows = []
+    with LocalService() as service:
+        yaml_batching = service.model_info()["batching"]
+        warm_up = specs("5s", clips[:1])
+        run_load(service.url, warm_up, 1, max_requests=1, timeout_s=REQUEST_TIMEOUT_S)
+        modes = ((SERVICE_ON, yaml_batching), (SERVICE_OFF, {"max_batch_size": 1}))
+        for label, batching in modes:
+            service.set_batching(**batching)
+            for workload, audios, levels, count in (
+                ("5s", clips, plan.concurrency, plan.clip_requests),
+                ("mixed", mixed, plan.mixed_concurrency, plan.mixed_requests),
+            ):
+                for concurrency in levels:
+                    n = count(concurrency)
+                    before = service.model_info()
+                    outcomes, wall = run_load(service.url, specs(workload, audios), concurrency,
+                                              max_requests=n, timeout_s=REQUEST_TIMEOUT_S)
+                    stats = _batch_stats(before, service.model_info())
+                    extra = {"batching": batching, **stats}
+                    if workload == "mixed":
+                        extra.update(_mixed_padding(audios, n, stats["mean_batch"]))
+                    rows.append(_row(label, workload, concurrency, outcomes, wall, **extra))
+            before = service.model_info()
+            outcomes, wall = run_load(service.url, specs("long", [long_audio]), 1, max_requests=1,
+                                      timeout_s=REQUEST_TIMEOUT_S)
+            rows.append(_row(label, "long", 1, outcomes, wall, batching=batching,
+                             **_batch_stats(before, service.model_info())))
+        service.set_batching(**yaml_batching)
+        cache = measure_cache_hits(service.url, clips[0], plan.cache_requests)
+    return rows, cache
+
+
+def measure_cache_hits(url: str, audio: np.ndarray, n: int) -> dict:
+    spec = specs("cache", [audio], headers={})
+    first, _ = run_load(url, spec, 1, max_requests=1, timeout_s=REQUEST_TIMEOUT_S)  # fills it
+    outcomes, wall = run_load(url, spec, 1, max_requests=n, timeout_s=REQUEST_TIMEOUT_S)
+    hits = [o for o in outcomes if o.ok and o.cache == "hit"]
+    result = {
+        "requests": n, "hits": len(hits), "miss_latency_s": first[0].latency_s,
+        **latency_summary([o.latency_s for o in hits]), "load_average": load_average(),
+    }
+    print(f"  cache hits: {len(hits)}/{n}, p50 {fmt(result['p50_s'], 4)} s", flush=True)
+    return result
+
+
+# ---- report ---------------------------------------------------------------------------
+
+
+def add_ratios(rows: list[dict]) -> tuple[float | None, float | None]:
+    def best(prefix: str) -> float | None:
+        speeds = [r["clips_per_s"] or 0 for r in rows if r["scenario"].startswith(prefix)]
+        return max(speeds, default=None)
+
+    ceiling, naive = best("ceiling"), best(NAIVE)
+    for row in rows:
+        same_audio = row["workload"] == "5s" and row["clips_per_s"]
+        row["x_ceiling"] = row["clips_per_s"] / ceiling if same_audio and ceiling else None
+        row["x_naive"] = row["clips_per_s"] / naive if same_audio and naive else None
+    return ceiling, naive
+
+
+def print_table(rows: list[dict], cache: dict | None) -> None:
+    header = (f"{'scenario':<24}{'audio':>6}{'conc':>5}{'ok/n':>8}{'clips/s':>9}{'aud-s/s':>9}"
+              f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'x ceil':>8}{'x naive':>8}{'batch':>7}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        batch = r.get("batch_size") or r.get("mean_batch")
+        print(f"{r['scenario']:<24}{r['workload']:>6}{r['concurrency'] or '-':>5}"
+              f"{str(r['ok']) + '/' + str(r['requests']):>8}{fmt(r['clips_per_s'], 3):>9}"
+              f"{fmt(r['audio_s_per_s']):>9}{fmt(r['p50_s']):>8}{fmt(r['p95_s']):>8}"
+              f"{fmt(r['p99_s']):>8}{fmt(r['x_ceiling']):>8}{fmt(r['x_naive']):>8}"
+              f"{fmt(batch, 1):>7}")
+    if cache:
+        print(f"\ncache hits: {cache['hits']}/{cache['requests']}, p50 {fmt(cache['p50_s'], 4)} s, "
+              f"p99 {fmt(cache['p99_s'], 4)} s (the miss took {fmt(cache['miss_latency_s'])} s)")
+    print("ceiling rows: clips/s from the fastest batch, latency = one batch's time; "
+          "service rows: batch = mean chunks per generate call")
+
+
+def plot(rows: list[dict], ceiling: float | None, path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'); no chart drawn")
+        return False
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for row_index, (workload, metric, unit) in enumerate(
+        (("5s", "clips_per_s", "clips/s"), ("mixed", "audio_s_per_s", "audio s/s"))
+    ):
+        tput, lat = axes[row_index]
+        for scenario, color in SERIES_COLORS.items():
+            points = [r for r in rows if r["scenario"] == scenario and r["workload"] == workload]
+            if not points:
+                continue
+            points.sort(key=lambda r: r["concurrency"])
+            xs = [r["concurrency"] for r in points]
+            tput.plot(xs, [r[metric] or 0 for r in points], "o-", color=color, label=scenario)
+            lat.plot(xs, [r["p50_s"] or np.nan for r in points], "o-", color=color,
+                     label=f"{scenario} p50")
+            lat.plot(xs, [r["p99_s"] or np.nan for r in points], "x--", color=color,
+                     label=f"{scenario} p99")
+        if workload == "5s" and ceiling:
+            tput.axhline(ceiling, color="black", linestyle=":", label="ceiling (in-process)")
+        label = "5-s clips" if workload == "5s" else "mixed 2-30 s"
+        tput.set(title=f"throughput, {label}", xlabel="concurrency", ylabel=unit)
+        lat.set(title=f"latency, {label}", xlabel="concurrency", ylabel="seconds")
+        for ax in (tput, lat):
+            ax.set_xscale("log", base=2)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the service against its ceiling and a naive server."
+    )
+    parser.add_argument("--quick", action="store_true", help="a few requests per point (smoke run)")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                        help="client concurrency levels for the service (default 1,4,8,16)")
+    parser.add_argument("--phases", default="ceiling,naive,service",
+                        help="comma-separated subset of ceiling,naive,service")
+    args = parser.parse_args()
+    plan = Plan(args.quick, tuple(int(c) for c in args.concurrency.split(",")))
+    phases = set(args.phases.split(","))
+    model_settings = yaml.safe_load(CONFIG_PATH.read_text())["applications"][0]["args"]["model"]
+    threads = model_settings.get("torch_threads") or 2
+
+    info = machine_info()
+    print(f"benchmark ({'quick' if plan.quick else 'full'}) on {info['cpus']} CPUs, "
+          f"load {info['load_average']}, torch threads {threads}", flush=True)
+    clips, mixed, long_audio = five_second_clips(), mixed_clips(), long_file(plan.long_repeats)
+    rows: list[dict] = []
+    cache = None
+    started = time.perf_counter()
+    if "ceiling" in phases:
+        print("1/3 ceiling (in-process WhisperBackend)", flush=True)
+        rows += measure_ceiling(plan, clips, threads)
+    if "naive" in phases:
+        print("2/3 naive server (one request at a time)", flush=True)
+        rows += measure_naive(plan, clips, threads)
+    if "service" in phases:
+        print("3/3 the service (configs/local.yaml on a private Ray instance)", flush=True)
+        service_rows, cache = measure_service(plan, clips, mixed, long_audio)
+        rows += service_rows
+    ceiling, naive = add_ratios(rows)
+    print_table(rows, cache)
+
+    stamp = timestamp()
+    png = RESULTS_DIR / f"bench-{stamp}.png"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    drew = plot(rows, ceiling, png)
+    payload = {
+        "kind": "quick" if plan.quick else "full", "machine": info,
+        "load_average_end": load_average(), "duration_s": time.perf_counter() - started,
+        "torch_threads": threads, "clip_seconds": CLIP_SECONDS, "mixed_seconds": MIXED_SECONDS,
+        "long_file_seconds": long_audio.size / SAMPLE_RATE,
+        "ceiling_clips_per_s": ceiling, "naive_clips_per_s": naive,
+        "rows": rows, "cache_hits": cache, "chart": png.name if drew else None,
+    }
+    path = write_json("bench", payload, stamp)
+    print(f"\nraw results: {path.relative_to(RESULTS_DIR.parent.parent)}"
+          + (f", chart: {png.relative_to(RESULTS_DIR.parent.parent)}" if drew else ""))
+    print(f"took {payload['duration_s'] / 60:.1f} min; "
+          f"load average at the end {payload['load_average_end']}")
+
+
+if __name__ == "__main__":
+    main()
