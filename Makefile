@@ -41,6 +41,7 @@ test: setup
 	$(PY) -m pytest tests/cluster
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m benchmarks.run
 
 clean:
