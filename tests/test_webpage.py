@@ -87,10 +87,14 @@ def wait_for_result(browser: WebDriver) -> tuple[str, str]:
     """Poll until the request has finished: (status text, status class)."""
 
     def finished(driver: WebDriver):
-        element = status_line(driver)
-        text = element.text
-        if text.startswith("Done") or element.get_attribute("class") == "error":
-            return text, element.get_attribute("class")
+        # Text and class in one read: two WebDriver calls could straddle an update.
+        text, css_class = driver.execute_script(
+            "const el = document.getElementById('status'); return [el.textContent, el.className];"
+        )
+        if text.startswith("Transcribing") or text.startswith("Recording"):
+            return False
+        if text.startswith("Done") or css_class == "error":
+            return text, css_class
         return False
 
     return WebDriverWait(browser, DONE_DEADLINE_S, poll_frequency=0.5).until(
