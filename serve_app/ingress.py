@@ -302,14 +302,15 @@ class ASRIngress:
     async def _transcribe(self, upload: Upload, options: DecodeOptions, request: Request, no_store: bool):
         """(transcript, cache_hit) for one uploaded file."""
         started = time.monotonic()
-        cached = self._transcriber.cached(upload.data, options, no_store)
+        key = self._transcriber.key_for(upload.data, options, no_store)
+        cached = self._transcriber.cached(key)
         if cached is not None:
             request.state.cache_hit = True
             request.state.audio_seconds += cached.duration
             self.metrics.audio_seconds_transcribed.inc(max(cached.duration, 1e-9))
             return cached, True
         request.state.cache_hit = False
-        job = await self._transcriber.prepare(upload.data, options, request.state.request_id, no_store)
+        job = await self._transcriber.prepare(upload.data, options, request.state.request_id, key)
         try:
             request.state.audio_seconds += job.duration
             transcription = await self._transcriber.run(job)
@@ -321,9 +322,8 @@ class ASRIngress:
 
     async def _stream(self, upload: Upload, options: DecodeOptions, request: Request) -> Response:
         """OpenAI's transcription events: text deltas as chunks finish, then done."""
-        job = await self._transcriber.prepare(
-            upload.data, options, request.state.request_id, _no_store(request)
-        )
+        key = self._transcriber.key_for(upload.data, options, _no_store(request))
+        job = await self._transcriber.prepare(upload.data, options, request.state.request_id, key)
         request.state.audio_seconds += job.duration
         return StreamingResponse(
             self._events(job, started=time.monotonic()), media_type="text/event-stream",

@@ -57,13 +57,14 @@ class Transcriber:
 
     # ---- cache --------------------------------------------------------------------
 
-    def _key(self, data: bytes, options: DecodeOptions, no_store: bool) -> str | None:
+    def key_for(self, data: bytes, options: DecodeOptions, no_store: bool) -> str | None:
+        """The cache key (sha256 of the upload: computed once per request), or None when this
+        request must neither read nor fill the cache."""
         if no_store or not self._args.cache.enabled or not is_cacheable(options):
             return None
         return cache_key(content_hash(data), self._args.model.id, options)
 
-    def cached(self, data: bytes, options: DecodeOptions, no_store: bool) -> Transcription | None:
-        key = self._key(data, options, no_store)
+    def cached(self, key: str | None) -> Transcription | None:
         if key is None:
             return None
         hit = self._cache.get(key)
@@ -82,7 +83,7 @@ class Transcriber:
     # ---- decode -------------------------------------------------------------------
 
     async def prepare(
-        self, data: bytes, options: DecodeOptions, request_id: str, no_store: bool = False
+        self, data: bytes, options: DecodeOptions, request_id: str, key: str | None
     ) -> Job:
         try:
             audio = await asyncio.to_thread(
@@ -105,7 +106,6 @@ class Transcriber:
         except BaseException:
             reservation.release()
             raise
-        key = self._key(data, options, no_store)
         return Job(audio, chunks, options, key, request_id, reservation)
 
     # ---- run ----------------------------------------------------------------------
