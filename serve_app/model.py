@@ -49,6 +49,7 @@ class ASRModel:
             device=self._device,
             dtype=self._dtype,
             revision=self._settings.revision,
+            quantization=self._settings.quantization,
         )
         self._metrics = ModelMetrics()
         self._health = BatchHealth()
@@ -60,11 +61,12 @@ class ASRModel:
         if self._settings.warmup:
             self._warm_up()
         logger.info(
-            "model %s (%s) ready on %s/%s in %.1f s",
+            "model %s (%s) ready on %s/%s (quantization %s) in %.1f s",
             self._settings.id,
             self._backend.info.family,
             self._device,
             str(self._dtype).removeprefix("torch."),
+            self._settings.quantization,
             time.monotonic() - started,
         )
 
@@ -91,6 +93,7 @@ class ASRModel:
             **asdict(self._backend.info),
             "device": self._device,
             "dtype": str(self._dtype).removeprefix("torch."),
+            "quantization": self._settings.quantization,
             "replica": serve.get_replica_context().replica_id.unique_id,
             "batching": self._batching.model_dump(),
             "batches_run": self._batches_run,

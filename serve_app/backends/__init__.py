@@ -21,6 +21,7 @@ __all__ = [
     "load_backend",
     "resolve_device",
     "resolve_dtype",
+    "resolve_quantization",
 ]
 
 # config.model_type -> family; a new family is one file plus one line here.
@@ -46,6 +47,16 @@ def resolve_dtype(setting: str, device: str) -> "torch.dtype":
     return getattr(torch, setting)
 
 
+def resolve_quantization(setting: str, device: str) -> str:
+    """The configured quantization, refused where it cannot run (int8 is CPU-only)."""
+    if setting == "int8" and device != "cpu":
+        raise ValueError(
+            f"quantization int8 runs on CPU only, but this replica runs on {device}; "
+            "on a GPU leave quantization 'none' (float16 is the fast path there)"
+        )
+    return setting
+
+
 def detect_family(model_id: str, revision: str | None = None) -> str:
     from transformers import AutoConfig
 
@@ -60,13 +71,26 @@ def detect_family(model_id: str, revision: str | None = None) -> str:
 
 
 def load_backend(
-    model_id: str, *, device: str, dtype: "torch.dtype", revision: str | None = None
+    model_id: str,
+    *,
+    device: str,
+    dtype: "torch.dtype",
+    revision: str | None = None,
+    quantization: str = "none",
 ) -> ASRBackend:
+    quantization = resolve_quantization(quantization, device)
     family = detect_family(model_id, revision)
+    backend: ASRBackend
     if family == "whisper":
         from serve_app.backends.whisper import WhisperBackend
 
-        return WhisperBackend(model_id, device=device, dtype=dtype, revision=revision)
-    from serve_app.backends.glm_asr import GlmAsrBackend
+        backend = WhisperBackend(model_id, device=device, dtype=dtype, revision=revision)
+    else:
+        from serve_app.backends.glm_asr import GlmAsrBackend
 
-    return GlmAsrBackend(model_id, device=device, dtype=dtype, revision=revision)
+        backend = GlmAsrBackend(model_id, device=device, dtype=dtype, revision=revision)
+    if quantization == "int8":
+        from serve_app.backends.int8 import quantize_linear_layers
+
+        quantize_linear_layers(backend.model)
+    return backend

@@ -8,7 +8,7 @@ many requests without knowing which family it serves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class BackendInfo:
 
 class ASRBackend(Protocol):
     info: BackendInfo
+    model: Any  # the torch module; load_backend quantizes it in place when configured
 
     def transcribe_batch(
         self, audios: list[np.ndarray], options: DecodeOptions
