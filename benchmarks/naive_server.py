@@ -23,14 +23,15 @@ from starlette.routing import Route
 SAMPLE_RATE = 16_000
 
 
-def build(model: str, threads: int) -> Starlette:
+def build(model: str, threads: int, quantization: str = "none") -> Starlette:
     import torch
 
     from serve_app.backends.base import DecodeOptions
-    from serve_app.backends.whisper import WhisperBackend
+    from serve_app.backends import load_backend
 
     torch.set_num_threads(threads)
-    backend = WhisperBackend(model, device="cpu", dtype=torch.float32)
+    # The same weights and precision as the service, so the comparison is about serving.
+    backend = load_backend(model, device="cpu", dtype=torch.float32, quantization=quantization)
     lock = asyncio.Lock()  # one request at a time: no batching, no overlap
 
     async def healthz(_: Request) -> JSONResponse:
@@ -43,7 +44,8 @@ def build(model: str, threads: int) -> Starlette:
         if rate != SAMPLE_RATE or audio.ndim != 1:
             return JSONResponse({"error": "send 16 kHz mono"}, status_code=400)
         async with lock:
-            result = await asyncio.to_thread(backend.transcribe_batch, [audio], DecodeOptions())
+            options = DecodeOptions(language=form.get("language") or None)
+            result = await asyncio.to_thread(backend.transcribe_batch, [audio], options)
         if result[0].error:
             return JSONResponse({"error": result[0].error}, status_code=500)
         return JSONResponse({"text": result[0].text})
@@ -61,8 +63,9 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quantization", choices=("none", "int8"), default="none")
     args = parser.parse_args()
-    app = build(args.model, args.threads)
+    app = build(args.model, args.threads, args.quantization)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -1,23 +1,30 @@
 """Batch shaping for the model deployment, as plain functions that tests can call.
 
-`@serve.batch` hands over a list of chunk requests from many HTTP requests. Chunks only
-share a `generate` call when their decode options match, similar lengths go together so
-padding wastes little, and a failure is narrowed down by halving so one bad chunk (or an
-out-of-memory batch) never fails its batch mates.
+`@serve.batch` hands over a list of chunk requests from many HTTP requests, its size
+counted in seconds of audio rather than chunks (`batch_size_in_windows`). Chunks only share
+a `generate` call when their decode options match, similar lengths go together so padding
+wastes little (and what is wasted is measured), and a failure is narrowed down by halving so
+one bad chunk (or an out-of-memory batch) never fails its batch mates.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from serve_app.backends.base import ChunkResult, DecodeOptions
+from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, ChunkResult, DecodeOptions
 
 logger = logging.getLogger(__name__)
+
+# A chunk shorter than this is billed as this long: each chunk also costs a sequence of
+# its own in `generate`, whatever its length.
+MIN_COST_SECONDS = 2.0
+SIMILAR_LENGTH_RATIO = 2.0
 
 TranscribeFn = Callable[[list[np.ndarray], DecodeOptions], list[ChunkResult]]
 
@@ -27,16 +34,79 @@ class ChunkRequest:
     audio: np.ndarray
     options: DecodeOptions
     enqueued_at: float = 0.0  # monotonic time the chunk reached the replica
+    # Seconds of audio the model computes on for this chunk: its length, or the fixed
+    # window it is padded to (Whisper: 30 s). Serve's batch_size_fn sums it.
+    cost_s: float = float(MAX_CHUNK_SECONDS)
 
 
-def group_for_generate(requests: list[ChunkRequest]) -> list[list[int]]:
-    """Indices grouped by equal options, each group ordered by audio length."""
+def chunk_cost_seconds(n_samples: int, window_s: float | None) -> float:
+    """What one chunk costs the model, in seconds of (padded) audio."""
+    if window_s is not None:
+        return window_s
+    return max(n_samples / SAMPLE_RATE, MIN_COST_SECONDS)
+
+
+def batch_size_in_windows(requests: list[ChunkRequest]) -> int:
+    """`@serve.batch`'s batch_size_fn: a batch's cost in 30-second windows of audio.
+
+    So `max_batch_size: 8` means 240 s of audio, whatever the chunk lengths: eight
+    Whisper chunks (each padded to 30 s), or up to forty-eight 5-second GLM-ASR chunks.
+    """
+    seconds = sum(r.cost_s for r in requests)
+    return max(1, math.ceil(seconds / MAX_CHUNK_SECONDS - 1e-9))
+
+
+def group_for_generate(
+    requests: list[ChunkRequest], window_s: float | None = MAX_CHUNK_SECONDS
+) -> list[list[int]]:
+    """Indices of the chunks that share one `generate` call, each call ordered by length.
+
+    Chunks share a call only when their options match. A model that pads to a fixed
+    window (`window_s`) costs the same whatever the mix; one that pads to the longest
+    chunk in the call gets calls of similar lengths: the longest at most
+    SIMILAR_LENGTH_RATIO times the shortest, so padding stays under half of each call.
+    """
     groups: dict[DecodeOptions, list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
         groups[request.options].append(index)
-    return [
-        sorted(indices, key=lambda i: requests[i].audio.size) for indices in groups.values()
-    ]
+    calls: list[list[int]] = []
+    for indices in groups.values():
+        indices.sort(key=lambda i: requests[i].audio.size)
+        if window_s is not None:
+            calls.append(indices)
+            continue
+        current: list[int] = []
+        for i in indices:
+            shortest = requests[current[0]].audio.size if current else 0
+            if current and requests[i].audio.size > SIMILAR_LENGTH_RATIO * max(shortest, 1):
+                calls.append(current)
+                current = []
+            current.append(i)
+        calls.append(current)
+    return calls
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """How much of what a batch computed on was audio and how much was padding."""
+
+    audio_s: float
+    padded_s: float  # audio plus padding: what the model actually processed
+
+    @property
+    def padding_ratio(self) -> float:
+        return 1.0 - self.audio_s / self.padded_s if self.padded_s else 0.0
+
+
+def batch_shape(
+    requests: list[ChunkRequest], calls: list[list[int]], window_s: float | None
+) -> BatchShape:
+    audio = padded = 0.0
+    for call in calls:
+        lengths = [requests[i].audio.size / SAMPLE_RATE for i in call]
+        audio += sum(lengths)
+        padded += len(lengths) * (window_s if window_s is not None else max(lengths, default=0.0))
+    return BatchShape(audio, padded)
 
 
 def run_isolated(
@@ -59,23 +129,22 @@ def run_isolated(
         )
 
 
-def run_batch(transcribe: TranscribeFn, requests: list[ChunkRequest]) -> list[ChunkResult]:
-    """One result per request, in the order the requests came."""
+def run_batch(
+    transcribe: TranscribeFn, requests: list[ChunkRequest], calls: list[list[int]] | None = None
+) -> list[ChunkResult]:
+    """One result per request, in the order the requests came.
+
+    `calls` is how to split the batch into `generate` calls (group_for_generate's answer
+    by default).
+    """
     results: list[ChunkResult | None] = [None] * len(requests)
-    for indices in group_for_generate(requests):
+    for indices in calls if calls is not None else group_for_generate(requests):
         group_results = run_isolated(
             transcribe, [requests[i].audio for i in indices], requests[indices[0]].options
         )
         for index, result in zip(indices, group_results):
             results[index] = result
     return [r if r is not None else ChunkResult(error="no result") for r in results]
-
-
-def padding_waste(lengths: list[int]) -> float:
-    """Share of a padded batch that is padding (0 = none)."""
-    if not lengths:
-        return 0.0
-    return 1.0 - sum(lengths) / (max(lengths) * len(lengths))
 
 
 # This many consecutive batches in which every chunk failed means the model (or the

@@ -23,7 +23,11 @@ class BatchingConfig(_Strict):
     """How the model deployment gathers chunks into batches (its `user_config`)."""
 
     max_batch_size: int = Field(
-        8, ge=1, le=256, description="Most chunks (≤30 s each) run through generate at once."
+        8,
+        ge=1,
+        le=256,
+        description="Most audio per batch, in 30-second windows: a chunk costs what the "
+        "model computes on (a Whisper chunk is padded to one whole window).",
     )
     batch_wait_timeout_s: float = Field(
         0.05,

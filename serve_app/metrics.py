@@ -15,6 +15,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 RTF_BOUNDARIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+RATIO_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 WAIT_BOUNDARIES_S = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 # Ray's metrics agent drops a gauge series that no worker has recorded for two report
 # intervals (2 x 10 s by default): a value set once, say the cache size before a quiet
@@ -105,6 +106,11 @@ class ModelMetrics:
             "asr_batch_chunks",
             description="Chunks per batch that went through generate.",
             boundaries=BATCH_SIZE_BOUNDARIES,
+        )
+        self.padding_ratio = Histogram(
+            "asr_batch_padding_ratio",
+            description="Share of what a batch computed on that was padding, not audio.",
+            boundaries=RATIO_BOUNDARIES,
         )
         self.batch_wait = Histogram(
             "asr_chunk_batch_wait_seconds",

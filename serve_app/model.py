@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
 from ray import serve
 
 from serve_app.backends.base import ChunkResult, DecodeOptions
-from serve_app.batching import BatchHealth, ChunkRequest, run_batch
+from serve_app.batching import (
+    BatchHealth,
+    ChunkRequest,
+    batch_shape,
+    batch_size_in_windows,
+    chunk_cost_seconds,
+    group_for_generate,
+    run_batch,
+)
 from serve_app.config import BatchingConfig, ModelSettings
 from serve_app.metrics import ModelMetrics
 
@@ -34,23 +45,15 @@ WARMUP_SECONDS = 1.0  # enough to run every layer once, cheap on any device
 )
 class ASRModel:
     def __init__(self, settings: ModelSettings | dict) -> None:
-        import torch
-
-        from serve_app.backends import load_backend, resolve_device, resolve_dtype
-
         self._settings = ModelSettings.model_validate(settings)
-        if self._settings.torch_threads:
-            torch.set_num_threads(self._settings.torch_threads)
-        self._device = resolve_device(self._settings.device)
-        self._dtype = resolve_dtype(self._settings.dtype, self._device)
-        started = time.monotonic()
-        self._backend = load_backend(
-            self._settings.id,
-            device=self._device,
-            dtype=self._dtype,
-            revision=self._settings.revision,
-            quantization=self._settings.quantization,
-        )
+        threads = self._settings.torch_threads
+        if threads and "torch" not in sys.modules:
+            # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1 here); OpenMP reads it
+            # once, when torch loads, and some kernels keep to it despite set_num_threads.
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        # One thread runs every forward pass: its OpenMP team stays the same and warm, and
+        # no second team spins on the same cores (asyncio.to_thread hops between threads).
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._metrics = ModelMetrics()
         self._health = BatchHealth()
         self._batching = BatchingConfig()
@@ -58,8 +61,10 @@ class ASRModel:
         self._batches_run = 0
         self._chunks_run = 0
         self._largest_batch = 0
-        if self._settings.warmup:
-            self._warm_up()
+        self._audio_s_run = 0.0  # seconds of audio in the chunks run
+        self._padded_s_run = 0.0  # what the model computed on: audio plus padding
+        started = time.monotonic()
+        self._inference.submit(self._load).result()
         logger.info(
             "model %s (%s) ready on %s/%s (quantization %s) in %.1f s",
             self._settings.id,
@@ -69,6 +74,26 @@ class ASRModel:
             self._settings.quantization,
             time.monotonic() - started,
         )
+
+    def _load(self) -> None:
+        """Runs on the inference thread, so torch's thread settings apply where it computes."""
+        import torch
+
+        from serve_app.backends import load_backend, resolve_device, resolve_dtype
+
+        if self._settings.torch_threads:
+            torch.set_num_threads(self._settings.torch_threads)
+        self._device = resolve_device(self._settings.device)
+        self._dtype = resolve_dtype(self._settings.dtype, self._device)
+        self._backend = load_backend(
+            self._settings.id,
+            device=self._device,
+            dtype=self._dtype,
+            revision=self._settings.revision,
+            quantization=self._settings.quantization,
+        )
+        if self._settings.warmup:
+            self._warm_up()
 
     def _warm_up(self) -> None:
         rng = np.random.default_rng(0)
@@ -99,22 +124,36 @@ class ASRModel:
             "batches_run": self._batches_run,
             "chunks_run": self._chunks_run,
             "largest_batch": self._largest_batch,
+            "audio_s_run": self._audio_s_run,
+            "padded_s_run": self._padded_s_run,
         }
 
     async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:
         """One chunk in, one result out; batched with whatever else is waiting."""
-        return await self._transcribe_batch(ChunkRequest(audio, options, time.monotonic()))
+        cost_s = chunk_cost_seconds(audio.size, self._backend.info.window_s)
+        return await self._transcribe_batch(
+            ChunkRequest(audio, options, time.monotonic(), cost_s=cost_s)
+        )
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    # Sizes count 30-second windows of audio, not chunks (batching.batch_size_in_windows).
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=batch_size_in_windows)
     async def _transcribe_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
         started = time.monotonic()
         for request in requests:
             self._metrics.batch_wait.observe(started - request.enqueued_at)
+        window_s = self._backend.info.window_s
+        calls = group_for_generate(requests, window_s)
+        shape = batch_shape(requests, calls, window_s)
         self._metrics.batch_size.observe(len(requests))
+        self._metrics.padding_ratio.observe(shape.padding_ratio)
         self._batches_run += 1
         self._chunks_run += len(requests)
         self._largest_batch = max(self._largest_batch, len(requests))
-        results = await asyncio.to_thread(run_batch, self._backend.transcribe_batch, requests)
+        self._audio_s_run += shape.audio_s
+        self._padded_s_run += shape.padded_s
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._inference, run_batch, self._backend.transcribe_batch, requests, calls
+        )
         self._metrics.inference_time.observe(time.monotonic() - started)
         failures = sum(1 for r in results if r.error)
         if failures:

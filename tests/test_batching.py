@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 
 from serve_app.backends.base import ChunkResult, DecodeOptions
+from serve_app.backends.base import SAMPLE_RATE
 from serve_app.batching import (
+    MIN_COST_SECONDS,
     BatchHealth,
     ChunkRequest,
+    batch_shape,
+    batch_size_in_windows,
+    chunk_cost_seconds,
     group_for_generate,
-    padding_waste,
     run_batch,
 )
 
@@ -46,9 +50,41 @@ def test_a_failing_chunk_does_not_fail_its_batch_mates() -> None:
     assert [r.text for r in results if r.error is None] == ["3", "4", "6"]
 
 
-def test_padding_waste() -> None:
-    assert padding_waste([10, 10]) == 0.0
-    assert padding_waste([10, 30]) == 1 - 40 / 60
+def seconds(s: float, cost_window: float | None = 30.0) -> ChunkRequest:
+    n = int(s * SAMPLE_RATE)
+    return ChunkRequest(np.zeros(n, np.float32), DecodeOptions(), cost_s=chunk_cost_seconds(n, cost_window))
+
+
+def test_a_fixed_window_model_pays_the_whole_window_per_chunk() -> None:
+    assert chunk_cost_seconds(5 * SAMPLE_RATE, 30.0) == 30.0
+    assert batch_size_in_windows([seconds(5), seconds(29), seconds(1)]) == 3
+
+
+def test_a_model_without_a_window_pays_the_audio_with_a_floor_per_chunk() -> None:
+    assert chunk_cost_seconds(12 * SAMPLE_RATE, None) == 12.0
+    assert chunk_cost_seconds(SAMPLE_RATE // 10, None) == MIN_COST_SECONDS
+    six_short = [seconds(5, None) for _ in range(6)]
+    assert batch_size_in_windows(six_short) == 1  # 30 s of audio is one window
+    assert batch_size_in_windows(six_short + [seconds(0.1, None)]) == 2
+
+
+def test_fixed_window_calls_keep_one_call_per_option_set() -> None:
+    requests = [seconds(2), seconds(28), seconds(5)]
+    assert group_for_generate(requests, 30.0) == [[0, 2, 1]]
+    shape = batch_shape(requests, [[0, 2, 1]], 30.0)
+    assert shape.audio_s == pytest.approx(35.0) and shape.padded_s == pytest.approx(90.0)
+    assert shape.padding_ratio == pytest.approx(1 - 35 / 90)
+
+
+def test_without_a_window_similar_lengths_share_a_call_and_padding_is_measured() -> None:
+    requests = [seconds(s, None) for s in (20, 2, 3, 9, 25, 5)]
+    calls = group_for_generate(requests, None)
+    lengths = [[round(requests[i].audio.size / SAMPLE_RATE) for i in call] for call in calls]
+    assert lengths == [[2, 3], [5, 9], [20, 25]]  # longest ≤ 2 x shortest in every call
+    shape = batch_shape(requests, calls, None)
+    assert shape.padded_s == pytest.approx(2 * 3 + 2 * 9 + 2 * 25)
+    one_call = batch_shape(requests, [list(range(len(requests)))], None)
+    assert shape.padding_ratio < one_call.padding_ratio
 
 
 def test_health_fails_only_after_whole_batches_keep_failing() -> None:

@@ -43,6 +43,9 @@ class BackendInfo:
     family: str  # "whisper" or "glm_asr"
     can_translate: bool
     languages: tuple[str, ...] = field(default_factory=tuple)  # empty = not enumerated
+    # Every chunk is padded to this many seconds before the encoder (Whisper: 30); None
+    # means a batch is padded to its longest chunk only (GLM-ASR's encoder).
+    window_s: float | None = None
 
 
 class ASRBackend(Protocol):

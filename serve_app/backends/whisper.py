@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 from serve_app.backends.base import (
+    MAX_CHUNK_SECONDS,
     SAMPLE_RATE,
     BackendInfo,
     ChunkResult,
@@ -64,6 +65,7 @@ class WhisperBackend:
             family="whisper",
             can_translate=self._can_translate,
             languages=tuple(sorted(self._languages)),
+            window_s=float(MAX_CHUNK_SECONDS),  # the feature extractor pads to 30 s
         )
 
     def validate_options(self, options: DecodeOptions) -> None:
