@@ -75,6 +75,9 @@ def ray_instance() -> Iterator[dict]:
         ray.shutdown()
 
 
+TEST_BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
+
+
 def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
     """configs/local.yaml with a free port and the demo model's absolute path."""
     config = yaml.safe_load((REPO_ROOT / "configs" / "local.yaml").read_text())
@@ -82,6 +85,10 @@ def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
     app["args"]["model"]["id"] = str(model_path)
+    # local.yaml turns batching off (on 2 CPU cores it does not pay, docs/performance.md);
+    # the tests check that Serve batches chunks across requests, so they turn it on.
+    model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
+    model["user_config"] = dict(TEST_BATCHING)
     for section, values in args_overrides.items():
         app["args"].setdefault(section, {}).update(values)
     return config

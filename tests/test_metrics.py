@@ -123,6 +123,13 @@ QUANTITIES: dict[str, Callable[[Scrape], float]] = {
     "asr batches of <= 2 chunks": lambda s: bucket(
         s, "ray_asr_batch_chunks", 2.0, application="asr"
     ),
+    "asr batch padding count": lambda s: total(
+        s, "ray_asr_batch_padding_ratio_count", application="asr"
+    ),
+    # The fixtures are under 10 s each, so a 30-s Whisper window is over half padding.
+    "asr batches at most half padding": lambda s: bucket(
+        s, "ray_asr_batch_padding_ratio", 0.5, application="asr"
+    ),
     "asr chunk batch-wait count": lambda s: total(
         s, "ray_asr_chunk_batch_wait_seconds_count", application="asr"
     ),
@@ -320,6 +327,12 @@ def test_metrics_move_by_exactly_what_the_requests_cause(
             lambda b, a: 1 <= delta("asr batch count", b, a) <= chunks,
         ),
         moved_by("asr chunk batch-wait count", chunks),
+        Expectation(
+            "asr batch padding count moved by as much as asr batch count, none under half",
+            ("asr batch padding count", "asr batch count", "asr batches at most half padding"),
+            lambda b, a: delta("asr batch padding count", b, a) == delta("asr batch count", b, a)
+            and delta("asr batches at most half padding", b, a) == 0,
+        ),
         Expectation(
             "asr batch inference count moved by as much as asr batch count",
             ("asr batch inference count", "asr batch count"),

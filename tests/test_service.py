@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 
 from tests.conftest import wait_until
@@ -73,6 +74,11 @@ def test_concurrent_requests_are_batched_and_all_succeed(client: httpx.Client) -
     batches = after["batches_run"] - before["batches_run"]
     assert chunks == len(fixtures)
     assert batches < chunks  # @serve.batch put chunks of different requests together
+    # Whisper pads every chunk to one 30-s window, and the replica counts that padding.
+    padded = after["padded_s_run"] - before["padded_s_run"]
+    audio = after["audio_s_run"] - before["audio_s_run"]
+    assert padded == pytest.approx(30.0 * chunks)
+    assert 0 < audio <= sum(f.audio.size for f in fixtures) / 16_000 + 1.0
 
 
 def test_long_recording_comes_back_whole(client: httpx.Client) -> None:
