@@ -341,7 +341,8 @@ def add_ratios(rows: list[dict], precision: str) -> tuple[float | None, float | 
 
 def print_table(rows: list[dict], cache: dict | None) -> None:
     header = (f"{'scenario':<24}{'audio':>6}{'conc':>5}{'ok/n':>8}{'clips/s':>9}{'aud-s/s':>9}"
-              f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'x ceil':>8}{'x naive':>8}{'batch':>7}{'pad':>6}")
+              f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'x ceil':>8}{'x naive':>8}{'batch':>7}"
+              f"{'pad':>6}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         batch = r.get("batch_size") or r.get("mean_batch")

@@ -24,7 +24,7 @@ from serve_app.chunking import Chunk, split_into_chunks
 from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
-from serve_app.transcript import Segment, Transcription, merge_chunk_results
+from serve_app.transcript import Transcription, merge_chunk_results
 
 logger = logging.getLogger("ray.serve")
 

@@ -52,7 +52,8 @@ def test_a_failing_chunk_does_not_fail_its_batch_mates() -> None:
 
 def seconds(s: float, cost_window: float | None = 30.0) -> ChunkRequest:
     n = int(s * SAMPLE_RATE)
-    return ChunkRequest(np.zeros(n, np.float32), DecodeOptions(), cost_s=chunk_cost_seconds(n, cost_window))
+    cost_s = chunk_cost_seconds(n, cost_window)
+    return ChunkRequest(np.zeros(n, np.float32), DecodeOptions(), cost_s=cost_s)
 
 
 def test_a_fixed_window_model_pays_the_whole_window_per_chunk() -> None:

@@ -20,7 +20,9 @@ from tests.tiny_glm_asr import build_tiny_glm_asr
 MAX_WER_RISE = 0.02
 
 
-@pytest.mark.parametrize(("shape", "bias"), [((5, 37), True), ((2, 3, 64), False), ((1, 512), True)])
+@pytest.mark.parametrize(
+    ("shape", "bias"), [((5, 37), True), ((2, 3, 64), False), ((1, 512), True)]
+)
 def test_int8_linear_matches_the_float_layer(shape: tuple[int, ...], bias: bool) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(shape[-1], 13, bias=bias)
