@@ -18,9 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.common import SAMPLE_RATE, SPEECH_DIR
-
-LANGUAGE = "en"
+from benchmarks.common import LANGUAGE, SAMPLE_RATE, SPEECH_DIR
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import yaml
 
 from benchmarks.common import (
     CONFIG_PATH,
+    LANGUAGE,
     LONG_FIXTURE,
     NO_STORE,
     RESULTS_DIR,
@@ -87,8 +88,6 @@ BATCHING = {SERVICE_ON: {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
             SERVICE_OFF: {"max_batch_size": 1}}
 SERIES_COLORS = {NAIVE: "tab:gray", SERVICE_ON: "tab:blue", SERVICE_OFF: "tab:orange"}
 PRECISION = {"none": "fp32", "int8": "int8"}  # model.quantization -> the label in reports
-# Every engine decodes the same way: greedy, English given, no timestamps (benchmarks/yardstick.py).
-LANGUAGE = "en"
 REQUEST_TIMEOUT_S = 1800.0
 YARDSTICK_BATCH = 4  # faster-whisper's batched pipeline, besides one clip at a time
 PHASES = ("ceiling", "yardstick", "accuracy", "naive", "service")

@@ -16,14 +16,13 @@ the Hugging Face hub: the parts are joined back into a folder `WhisperModel(path
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO_ROOT, SAMPLE_RATE, latency_summary, load_average
+from benchmarks.common import LANGUAGE, REPO_ROOT, SAMPLE_RATE, latency_summary, load_average
 
 CT2_MODEL_DIR = REPO_ROOT / "models" / "whisper-base-ct2"
 _MARKER = "yardstick.json"  # written last, before the rename: present means complete
@@ -36,7 +35,7 @@ MAX_NEW_TOKENS = 448 // 2
 # which the service never does; None turns them off. The language is given: faster-whisper
 # would otherwise run the encoder once more to detect it, where the service reuses its pass.
 DECODE = dict(
-    language="en",
+    language=LANGUAGE,
     task="transcribe",
     beam_size=1,
     best_of=1,
@@ -62,27 +61,16 @@ def _is_complete(path: Path) -> bool:
 
 
 def ct2_model_dir(cache: Path = CT2_MODEL_DIR) -> Path:
-    """A CTranslate2 Whisper folder (model.bin, config, tokenizer) under `cache`.
+    """A CTranslate2 Whisper folder (model.bin, config, tokenizer) under `cache`, built
+    atomically the way serve_app.demo_model builds the converted checkpoint."""
+    from serve_app.demo_model import _data_dirs, build_atomically
 
-    Built in a temporary sibling and renamed into place once complete, as
-    serve_app.demo_model does, so an interrupted build never leaves a half model behind.
-    """
-    from serve_app.demo_model import _data_dirs
-
-    cache = Path(cache)
-    if _is_complete(cache):
-        return cache
-    if cache.exists() and any(cache.iterdir()):
-        raise FileExistsError(f"{cache} exists but holds no complete model; remove it first")
-    data_dirs = _data_dirs()
-    # The same order serve_app.demo_model._convert joins them in: the same bytes it parses.
-    parts = sorted(p for d in data_dirs for p in d.glob("model.bin.part*"))
-    if not parts:
-        raise FileNotFoundError(f"no model.bin.part* in {[str(d) for d in data_dirs]}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.parent / f".{cache.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def build(tmp: Path) -> None:
+        data_dirs = _data_dirs()
+        # The same order serve_app.demo_model._convert joins them in: the same bytes it parses.
+        parts = sorted(p for d in data_dirs for p in d.glob("model.bin.part*"))
+        if not parts:
+            raise FileNotFoundError(f"no model.bin.part* in {[str(d) for d in data_dirs]}")
         tmp.mkdir()
         with open(tmp / "model.bin", "wb") as out:
             for part in parts:
@@ -96,16 +84,8 @@ def ct2_model_dir(cache: Path = CT2_MODEL_DIR) -> Path:
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         (tmp / _MARKER).write_text(json.dumps({"files": files}, indent=2) + "\n",
                                    encoding="utf-8")
-        if cache.exists():
-            cache.rmdir()  # empty, checked above
-        try:
-            os.replace(tmp, cache)
-        except OSError:
-            if not _is_complete(cache):  # else a concurrent build won the race: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cache
+
+    return build_atomically(cache, build, _is_complete, "CTranslate2 model")
 
 
 def _text(segments) -> str:

@@ -27,7 +27,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -342,39 +342,51 @@ def _is_complete(path: Path) -> bool:
     )
 
 
-def ensure_demo_model(output: Path = DEFAULT_OUTPUT) -> Path:
-    """Return `output` holding a complete demo checkpoint, building it first if needed.
+def build_atomically(
+    output: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool], what: str
+) -> Path:
+    """Return `output` complete, running `build(tmp)` first when it is not.
 
     The build goes to a temporary sibling folder that is renamed into place only once it is
-    complete, so an interrupted build never leaves a half model behind.
+    complete, so an interrupted build never leaves a half model behind, and two processes
+    building at once both end with the one that won the rename.
     """
     output = Path(output)
-    if _is_complete(output):
+    if is_complete(output):
         return output
     if output.exists() and any(output.iterdir()):
-        raise FileExistsError(f"{output} exists but holds no complete demo model; remove it first")
+        raise FileExistsError(f"{output} exists but holds no complete {what}; remove it first")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        logger.info("building the Whisper base demo model in %s", output)
-        _convert(_data_dirs(), tmp)
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        for (
-            name
-        ) in files:  # safetensors writes 0600; a server running as another user must read it
-            (tmp / name).chmod(0o644)
-        meta = {"format": _FORMAT_VERSION, "source": list(_PACKAGES.values()), "files": files}
-        (tmp / _MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        build(tmp)
         if output.exists():
             output.rmdir()  # empty, checked above
         try:
             os.replace(tmp, output)
         except OSError:
-            if not _is_complete(output):  # else a concurrent build won the race: fine
+            if not is_complete(output):  # else a concurrent build won the race: fine
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return output
+
+
+def _build_demo_model(tmp: Path) -> None:
+    _convert(_data_dirs(), tmp)
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    for name in files:  # safetensors writes 0600; a server running as another user must read it
+        (tmp / name).chmod(0o644)
+    meta = {"format": _FORMAT_VERSION, "source": list(_PACKAGES.values()), "files": files}
+    (tmp / _MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def ensure_demo_model(output: Path = DEFAULT_OUTPUT) -> Path:
+    """Return `output` holding a complete demo checkpoint, building it first if needed."""
+    if not _is_complete(Path(output)):
+        logger.info("building the Whisper base demo model in %s", output)
+    output = build_atomically(output, _build_demo_model, _is_complete, "demo model")
     logger.info("demo model ready in %s", output)
     return output
 
