@@ -63,6 +63,7 @@ class ASRModel:
         self._largest_batch = 0
         self._audio_s_run = 0.0  # seconds of audio in the chunks run
         self._padded_s_run = 0.0  # what the model computed on: audio plus padding
+        self._int8_kernel: str | None = None
         started = time.monotonic()
         self._inference.submit(self._load).result()
         logger.info(
@@ -92,6 +93,10 @@ class ASRModel:
             revision=self._settings.revision,
             quantization=self._settings.quantization,
         )
+        if self._settings.quantization == "int8":
+            from serve_app.backends.int8 import pick_kernel
+
+            self._int8_kernel = pick_kernel()  # the one load_backend used: it depends on the CPU
         if self._settings.warmup:
             self._warm_up()
 
@@ -119,6 +124,7 @@ class ASRModel:
             "device": self._device,
             "dtype": str(self._dtype).removeprefix("torch."),
             "quantization": self._settings.quantization,
+            "int8_kernel": self._int8_kernel,
             "replica": serve.get_replica_context().replica_id.unique_id,
             "batching": self._batching.model_dump(),
             "batches_run": self._batches_run,

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from serve_app.backends import load_backend, resolve_quantization
 from serve_app.backends.base import DecodeOptions
-from serve_app.backends.int8 import Int8Linear, quantize_linear_layers
+from serve_app.backends import int8
+from serve_app.backends.int8 import Int8Linear, pick_kernel, quantize_linear_layers
 from serve_app.chunking import split_into_chunks
 from serve_app.config import ModelSettings
 from tests.speech import LONG_FIXTURE, load_speech_fixtures, word_error_rate
@@ -20,27 +21,62 @@ from tests.tiny_glm_asr import build_tiny_glm_asr
 MAX_WER_RISE = 0.02
 
 
+# Both kernels are checked on every machine: which one runs depends on the CPU.
+KERNELS = ["int_mm", pytest.param("fbgemm", marks=pytest.mark.skipif(
+    not int8._fbgemm_works(), reason="this torch has no fbgemm (not x86)"))]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize(
     ("shape", "bias"), [((5, 37), True), ((2, 3, 64), False), ((1, 512), True)]
 )
-def test_int8_linear_matches_the_float_layer(shape: tuple[int, ...], bias: bool) -> None:
+def test_int8_linear_matches_the_float_layer(
+    shape: tuple[int, ...], bias: bool, kernel: str
+) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(shape[-1], 13, bias=bias)
     x = torch.randn(*shape)
     expected = linear(x)
 
-    got = Int8Linear(linear)(x)
+    got = Int8Linear(linear, kernel)(x)
 
     assert got.shape == expected.shape and got.dtype == torch.float32
-    # Symmetric 8-bit on both sides: about 1% relative error on Gaussian data.
+    # 8-bit weights, 7 or 8-bit activations: 1-2% relative error on Gaussian data.
     relative = (got - expected).norm() / expected.norm()
     assert relative < 0.03, float(relative)
 
 
-def test_int8_linear_survives_an_all_zero_input_row() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_gives_each_row_its_own_scale(kernel: str) -> None:
+    # A quiet row next to a loud one: with one scale for both, the quiet row would round
+    # to a handful of levels; per row, it keeps its accuracy.
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(2, 64)
+    x[1] *= 1e-3
+
+    got = Int8Linear(linear, kernel)(x) - linear.bias
+    expected = linear(x) - linear.bias
+
+    quiet = (got[1] - expected[1]).norm() / expected[1].norm()
+    assert quiet < 0.03, float(quiet)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_survives_an_all_zero_input_row(kernel: str) -> None:
     linear = torch.nn.Linear(16, 4)
     x = torch.zeros(3, 16)
-    assert torch.allclose(Int8Linear(linear)(x), linear(x), atol=1e-6)
+    assert torch.allclose(Int8Linear(linear, kernel)(x), linear(x), atol=1e-6)
+
+
+def test_kernel_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(int8, "cpu_has_vnni", lambda: True)
+    assert pick_kernel() == "int_mm"  # oneDNN's VNNI path
+    monkeypatch.setattr(int8, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(int8, "_fbgemm_works", lambda: True)
+    assert pick_kernel() == "fbgemm"  # plain AVX2: oneDNN's int8 GEMM is a slow loop there
+    monkeypatch.setattr(int8, "_fbgemm_works", lambda: False)
+    assert pick_kernel() == "int_mm"  # no fbgemm (ARM, or a torch without it)
 
 
 def test_quantize_swaps_every_linear_and_leaves_tied_embeddings_float() -> None:
@@ -53,6 +89,7 @@ def test_quantize_swaps_every_linear_and_leaves_tied_embeddings_float() -> None:
 
     assert quantize_linear_layers(model) == 2
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert {m.kernel for m in model.modules() if isinstance(m, Int8Linear)} == {pick_kernel()}
     assert model["embed"].weight.dtype == torch.float32
     assert model["embed"](torch.tensor([1])).shape == (1, 8)
 

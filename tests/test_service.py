@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from serve_app.backends.int8 import pick_kernel
 from tests.conftest import wait_until
 from tests.speech import LONG_FIXTURE, SPEECH_DIR, load_fixture, load_speech_fixtures, word_error_rate
 
@@ -38,7 +39,10 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["model"]["family"] == "whisper"
+    model = ready.json()["model"]
+    assert model["family"] == "whisper"
+    # configs/local.yaml runs INT8, with the kernel this CPU is fast at.
+    assert (model["quantization"], model["int8_kernel"]) == ("int8", pick_kernel())
 
 
 def test_models_lists_the_served_model_and_alias(client: httpx.Client) -> None:
