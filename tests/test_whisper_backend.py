@@ -130,3 +130,20 @@ def test_invalid_options_raise_value_error_before_decoding(backend, options, mes
         backend.validate_options(options)
     with pytest.raises(ValueError, match=message):  # also before any model work
         backend.transcribe_batch([np.zeros(SAMPLE_RATE, np.float32)], options)
+
+
+def test_suppressed_tokens_are_masked_as_transformers_would(
+    backend: WhisperBackend, demo_model_path: Path
+) -> None:
+    from transformers import GenerationConfig, SuppressTokensLogitsProcessor
+
+    # The checkpoint's own list, read from disk: the backend took it over at load.
+    token_ids = GenerationConfig.from_pretrained(demo_model_path).suppress_tokens
+    assert token_ids and backend.model.generation_config.suppress_tokens is None
+    (ours,) = backend._logits_processors
+    scores = torch.randn(2, backend.model.config.vocab_size, device=backend.device)
+    input_ids = torch.zeros(2, 4, dtype=torch.long, device=backend.device)
+
+    expected = SuppressTokensLogitsProcessor(token_ids, device=backend.device)(input_ids, scores)
+
+    assert torch.equal(ours(input_ids, scores), expected)
