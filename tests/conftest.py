@@ -89,6 +89,10 @@ def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
     # the tests check that Serve batches chunks across requests, so they turn it on.
     model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     model["user_config"] = dict(TEST_BATCHING)
+    # local.yaml runs two model replicas to share 2 cores; the tests read one replica's
+    # totals from /readyz to see what it batched, so they run one. tests/cluster deploys
+    # local.yaml as it is.
+    model["num_replicas"] = 1
     for section, values in args_overrides.items():
         app["args"].setdefault(section, {}).update(values)
     return config
