@@ -393,10 +393,36 @@ class LocalService:
         client = serve_start(http_options=HTTPOptions(**config["http_options"]).model_dump())
         client.deploy_apps(schema, _blocking=False)
 
+    def _model_deployment(self) -> dict:
+        assert self._config is not None
+        return next(d for d in self._config["applications"][0]["deployments"]
+                    if d["name"] == "ASRModel")
+
+    def model_infos(self) -> list[dict] | None:
+        """Each model replica's /readyz report. /readyz answers from one replica, the one
+        Serve's router picks, so it is asked until every replica has answered."""
+        replicas = self._model_deployment().get("num_replicas", 1)
+        seen: dict[str, dict] = {}
+        for _ in range(20 * replicas):
+            response = httpx.get(f"{self.url}/readyz", timeout=30)
+            info = response.json().get("model") if response.status_code == 200 else None
+            if info is None:
+                return None
+            seen[info["replica"]] = info
+            if len(seen) == replicas:
+                return list(seen.values())
+        return None
+
     def model_info(self) -> dict | None:
-        """What /readyz reports about the model replica (batching, batches and chunks run)."""
-        response = httpx.get(f"{self.url}/readyz", timeout=30)
-        return response.json().get("model") if response.status_code == 200 else None
+        """The model replicas' report, with batches, chunks and audio summed over them."""
+        infos = self.model_infos()
+        if not infos:
+            return None
+        total = dict(infos[0], replicas=len(infos))
+        for key in ("batches_run", "chunks_run", "audio_s_run", "padded_s_run"):
+            total[key] = sum(info[key] for info in infos)
+        total["largest_batch"] = max(info["largest_batch"] for info in infos)
+        return total
 
     def wait_ready(self) -> dict:
         return wait_until(self.model_info, READY_DEADLINE_S, what=f"{self.url}/readyz")
@@ -411,10 +437,10 @@ class LocalService:
         self._config = config
 
         def applied() -> dict | None:
-            info = self.model_info()
+            infos = self.model_infos()
             wanted = model["user_config"]
-            if info and all(info["batching"][k] == v for k, v in wanted.items()):
-                return info
+            if infos and all(info["batching"][k] == v for info in infos for k, v in wanted.items()):
+                return self.model_info()
             return None
 
         return wait_until(applied, READY_DEADLINE_S, what=f"batching {user_config}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ from benchmarks.common import (
     LANGUAGE,
     LONG_FIXTURE,
     NO_STORE,
+    READY_DEADLINE_S,
     RESULTS_DIR,
     SAMPLE_RATE,
     LocalService,
@@ -90,6 +92,7 @@ SERIES_COLORS = {NAIVE: "tab:gray", SERVICE_ON: "tab:blue", SERVICE_OFF: "tab:or
 PRECISION = {"none": "fp32", "int8": "int8"}  # model.quantization -> the label in reports
 REQUEST_TIMEOUT_S = 1800.0
 YARDSTICK_BATCH = 4  # faster-whisper's batched pipeline, besides one clip at a time
+YARDSTICK_WORKERS = 2  # and its num_workers, as configs/local.yaml runs two model replicas
 PHASES = ("ceiling", "yardstick", "accuracy", "naive", "service")
 PHASE_TITLES = {
     "ceiling": "ceiling (our backend in-process, the service's precision and FP32)",
@@ -223,6 +226,69 @@ def measure_ceiling(
     return rows
 
 
+def _ceiling_worker(threads: int, quantization: str, n: int, go, results) -> None:
+    """One in-process worker of `measure_ceiling_workers`, in a process of its own."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the service's replicas run
+    import torch
+
+    from serve_app.backends import load_backend
+
+    torch.set_num_threads(threads)
+    backend = load_backend(
+        str(demo_model()), device="cpu", dtype=torch.float32, quantization=quantization
+    )
+    clips, options = five_second_clips(), DecodeOptions(language=LANGUAGE)
+    backend.transcribe_batch(clips[:1], options)  # warm-up, not counted
+    results.put("ready")
+    go.wait()
+    started, times = time.perf_counter(), []
+    for i in range(n):
+        t0 = time.perf_counter()
+        backend.transcribe_batch([clips[i % len(clips)]], options)
+        times.append(time.perf_counter() - t0)
+    results.put((started, time.perf_counter(), times))
+
+
+def measure_ceiling_workers(plan: Plan, threads: int, quantization: str, workers: int) -> dict:
+    """`workers` processes transcribing one clip at a time side by side, started together:
+    what the service's model replicas could do at most with no serving at all."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    n = plan.ceiling_clips(workers)
+    processes = [context.Process(target=_ceiling_worker,
+                                 args=(threads, quantization, n, go, results))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        for _ in processes:
+            if results.get(timeout=READY_DEADLINE_S) != "ready":
+                raise RuntimeError("a ceiling worker failed to start")
+        go.set()
+        done = [results.get(timeout=REQUEST_TIMEOUT_S) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    wall = max(end for _, end, _ in done) - min(start for start, _, _ in done)
+    times = [t for _, _, ts in done for t in ts]
+    precision = PRECISION[quantization]
+    row = {
+        "scenario": f"ceiling {precision} x{workers} workers", "workload": "5s",
+        "precision": precision, "batch_size": 1, "workers": workers, "concurrency": None,
+        "requests": n * workers, "ok": n * workers, "wall_s": wall,
+        "clips_per_s": n * workers / wall, "audio_s_per_s": n * workers * CLIP_SECONDS / wall,
+        **latency_summary(times), "load_average": load_average(),
+    }
+    print(f"  {row['scenario']}: {row['clips_per_s']:.3f} clips/s  "
+          f"load {row['load_average']}", flush=True)
+    return row
+
+
 # ---- 2. naive server ------------------------------------------------------------------
 
 
@@ -328,7 +394,7 @@ def measure_cache_hits(url: str, audio: np.ndarray, n: int) -> dict:
 
 def add_ratios(rows: list[dict], precision: str) -> tuple[float | None, float | None]:
     """Each 5-s row's rate over the ceiling (in the service's precision) and the naive server."""
-    ceiling_row, naive_row = _best(rows, f"ceiling {precision} "), _best(rows, NAIVE)
+    ceiling_row, naive_row = _best(rows, f"ceiling {precision} bs="), _best(rows, NAIVE)
     ceiling = ceiling_row and ceiling_row["clips_per_s"]
     naive = naive_row and naive_row["clips_per_s"]
     for row in rows:
@@ -403,9 +469,10 @@ def measure_yardstick(plan: Plan, clips: list[np.ndarray], threads: int) -> list
     from benchmarks.yardstick import measure_faster_whisper
 
     rows = []
-    for batch_size in (None, YARDSTICK_BATCH):
-        n = plan.ceiling_clips(batch_size or 1)
-        row = measure_faster_whisper(clips, threads, "int8", n, batch_size=batch_size)
+    for batch_size, workers in ((None, 1), (YARDSTICK_BATCH, 1), (None, YARDSTICK_WORKERS)):
+        n = plan.ceiling_clips(batch_size or workers)
+        row = measure_faster_whisper(clips, threads, "int8", n, batch_size=batch_size,
+                                     workers=workers)
         row.pop("texts")
         print(f"  {row['scenario']}: {row['clips_per_s']:.3f} clips/s  "
               f"load {row['load_average']}", flush=True)
@@ -449,7 +516,7 @@ def targets(rows: list[dict], cache: dict | None, accuracy: list[dict] | None,
         met = None if value is None else (value >= goal if higher_is_better else value <= goal)
         out.append({"target": name, "value": value, "goal": goal, "met": met, "how": how})
 
-    ceiling = _best(rows, f"ceiling {precision} ")
+    ceiling = _best(rows, f"ceiling {precision} bs=")
     # The service as configs/local.yaml runs it: batching off when it sets max_batch_size 1.
     scenario = SERVICE_ON if yaml_batching.get("max_batch_size", 8) > 1 else SERVICE_OFF
     batch_wait_s = yaml_batching.get("batch_wait_timeout_s", 0.05) if scenario == SERVICE_ON else 0
@@ -457,6 +524,10 @@ def targets(rows: list[dict], cache: dict | None, accuracy: list[dict] | None,
     add("service c=8 / ceiling", service8 and ceiling and
         service8["clips_per_s"] / ceiling["clips_per_s"], 0.95, True,
         f"5-s clips, {scenario}, against the best in-process batch size ({precision})")
+    workers = _best(rows, f"ceiling {precision} x")
+    add("service c=8 / in-process workers", service8 and workers and
+        service8["clips_per_s"] / workers["clips_per_s"], 0.95, True,
+        "the same against as many in-process workers as the config has model replicas")
     single = next((r for r in rows if r["scenario"] == f"ceiling {precision} bs=1"), None)
     service1 = _service_row(rows, 1, scenario)
     add("lone request / (in-process + batch wait)", service1 and single and
@@ -465,7 +536,8 @@ def targets(rows: list[dict], cache: dict | None, accuracy: list[dict] | None,
     add("cache hit p50 (s)", cache and cache.get("p50_s"), 0.020, False, "repeated upload")
     # Issue 7 measured faster-whisper one clip at a time (~1.2 clips/s): that is the goal's
     # reference. Its batched pipeline is reported against the same goal as well.
-    for scenario in ("faster-whisper int8", f"faster-whisper int8 bs={YARDSTICK_BATCH}"):
+    for scenario in ("faster-whisper int8", f"faster-whisper int8 bs={YARDSTICK_BATCH}",
+                     f"faster-whisper int8 x{YARDSTICK_WORKERS} workers"):
         yardstick = next((r for r in rows if r["scenario"] == scenario), None)
         add(f"service c=8 / {scenario}", service8 and yardstick and
             service8["clips_per_s"] / yardstick["clips_per_s"], 1.3, True,
@@ -483,7 +555,7 @@ def print_targets(rows: list[dict]) -> None:
     print("\ntargets (this run only):")
     for t in rows:
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-        print(f"  {t['target']:<44}{fmt(t['value'], 3):>9}  goal {t['goal']:<6} {mark}")
+        print(f"  {t['target']:<48}{fmt(t['value'], 3):>9}  goal {t['goal']:<6} {mark}")
 
 
 def main() -> None:
@@ -508,6 +580,7 @@ def main() -> None:
     precision = PRECISION[quantization]
     model_deployment = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     yaml_batching = model_deployment.get("user_config", {})
+    model_replicas = model_deployment.get("num_replicas", 1)
 
     info = machine_info()
     print(f"benchmark ({'quick' if plan.quick else 'full'}) on {info['cpus']} CPUs, "
@@ -523,6 +596,8 @@ def main() -> None:
         if phase == "ceiling":
             for setting in dict.fromkeys((quantization, "none")):  # the service's precision first
                 rows += measure_ceiling(plan, clips, threads, setting)
+            if model_replicas > 1:
+                rows.append(measure_ceiling_workers(plan, threads, quantization, model_replicas))
         elif phase == "yardstick":
             rows += measure_yardstick(plan, clips, threads)
         elif phase == "accuracy":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,7 @@ def measure_faster_whisper(
     compute_type: str,
     n_clips: int,
     batch_size: int | None = None,
+    workers: int = 1,
 ) -> dict:
     """Transcribe `n_clips` clips (cycling through `clips`) with faster-whisper on CPU.
 
@@ -121,11 +123,16 @@ def measure_faster_whisper(
     30-s window decoded greedily from scratch. The batched path has no temperature
     fallback and no silence skipping at all, the sequential one has them turned off: the
     same work. Latency is then one batch's time, as in the ceiling rows.
+
+    With `workers` > 1, that many threads transcribe one clip at a time each, through
+    faster-whisper's own `num_workers` (one model, a CTranslate2 replica per worker, each on
+    `threads` threads): its answer to serving concurrent requests, as two model replicas of
+    two threads are this service's on 2 cores.
     """
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     model = WhisperModel(str(ct2_model_dir()), device="cpu", compute_type=compute_type,
-                         cpu_threads=threads, num_workers=1)
+                         cpu_threads=threads, num_workers=workers)
     size = batch_size or 1
     audios = [clips[i % len(clips)] for i in range(n_clips)]
 
@@ -147,23 +154,28 @@ def measure_faster_whisper(
                 raise RuntimeError(f"{len(batch)} clips gave {len(texts)} segments")
             return texts
 
-    transcribe(audios[:size])  # warm-up at the size measured, not counted
-    texts: list[str] = []
-    latencies: list[float] = []
-    started = time.perf_counter()
-    for i in range(0, n_clips, size):
+    def timed(batch: list[np.ndarray]) -> tuple[list[str], float]:
         t0 = time.perf_counter()
-        texts += transcribe(audios[i : i + size])
-        latencies.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - started
+        out = transcribe(batch)
+        return out, time.perf_counter() - t0
+
+    batches = [audios[i : i + size] for i in range(0, n_clips, size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(timed, [audios[:size]] * workers))  # warm-up, every worker, not counted
+        started = time.perf_counter()
+        done = list(pool.map(timed, batches))
+        wall = time.perf_counter() - started
+    texts = [text for out, _ in done for text in out]
+    latencies = [seconds for _, seconds in done]
     audio_s = sum(a.size for a in audios) / SAMPLE_RATE
-    label = f"faster-whisper {compute_type}" + (f" bs={batch_size}" if batch_size else "")
+    label = (f"faster-whisper {compute_type}" + (f" bs={batch_size}" if batch_size else "")
+             + (f" x{workers} workers" if workers > 1 else ""))
     return {
         "scenario": label, "workload": "5s", "batch_size": batch_size, "concurrency": None,
         "requests": n_clips, "ok": n_clips, "wall_s": wall,
         "clips_per_s": n_clips / wall, "audio_s_per_s": audio_s / wall,
         **latency_summary(latencies),  # per clip, or per batch with batch_size
-        "threads": threads, "load_average": load_average(),
+        "threads": threads, "workers": workers, "load_average": load_average(),
         "texts": texts[: len(clips)],  # the first pass over `clips`, for the WER
     }
 
