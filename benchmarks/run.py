@@ -226,7 +226,9 @@ def measure_ceiling(
     return rows
 
 
-def _ceiling_worker(threads: int, quantization: str, n: int, go, results) -> None:
+def _ceiling_worker(
+    threads: int, decode_threads: int | None, quantization: str, n: int, go, results
+) -> None:
     """One in-process worker of `measure_ceiling_workers`, in a process of its own."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the service's replicas run
@@ -235,9 +237,8 @@ def _ceiling_worker(threads: int, quantization: str, n: int, go, results) -> Non
     from serve_app.backends import load_backend
 
     torch.set_num_threads(threads)
-    backend = load_backend(
-        str(demo_model()), device="cpu", dtype=torch.float32, quantization=quantization
-    )
+    backend = load_backend(str(demo_model()), device="cpu", dtype=torch.float32,
+                           quantization=quantization, decode_threads=decode_threads)
     clips, options = five_second_clips(), DecodeOptions(language=LANGUAGE)
     backend.transcribe_batch(clips[:1], options)  # warm-up, not counted
     results.put("ready")
@@ -250,16 +251,18 @@ def _ceiling_worker(threads: int, quantization: str, n: int, go, results) -> Non
     results.put((started, time.perf_counter(), times))
 
 
-def measure_ceiling_workers(plan: Plan, threads: int, quantization: str, workers: int) -> dict:
-    """`workers` processes transcribing one clip at a time side by side, started together:
-    what the service's model replicas could do at most with no serving at all."""
+def measure_ceiling_workers(plan: Plan, threads: int, decode_threads: int | None,
+                            quantization: str, workers: int) -> dict:
+    """`workers` processes transcribing one clip at a time side by side, started together,
+    with the replicas' thread settings: what the service's model replicas could do at most
+    with no serving at all."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     go, results = context.Event(), context.Queue()
     n = plan.ceiling_clips(workers)
     processes = [context.Process(target=_ceiling_worker,
-                                 args=(threads, quantization, n, go, results))
+                                 args=(threads, decode_threads, quantization, n, go, results))
                  for _ in range(workers)]
     for process in processes:
         process.start()
@@ -577,6 +580,7 @@ def main() -> None:
     model_settings = app["args"]["model"]
     threads = model_settings.get("torch_threads") or 2
     quantization = model_settings.get("quantization", "none")
+    decode_threads = model_settings.get("decode_threads")
     precision = PRECISION[quantization]
     model_deployment = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     yaml_batching = model_deployment.get("user_config", {})
@@ -597,7 +601,8 @@ def main() -> None:
             for setting in dict.fromkeys((quantization, "none")):  # the service's precision first
                 rows += measure_ceiling(plan, clips, threads, setting)
             if model_replicas > 1:
-                rows.append(measure_ceiling_workers(plan, threads, quantization, model_replicas))
+                rows.append(measure_ceiling_workers(plan, threads, decode_threads, quantization,
+                                                    model_replicas))
         elif phase == "yardstick":
             rows += measure_yardstick(plan, clips, threads)
         elif phase == "accuracy":

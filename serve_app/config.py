@@ -69,6 +69,14 @@ class ModelSettings(_Strict):
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="Intra-op threads on CPU; None keeps torch's default."
     )
+    decode_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Intra-op threads while Whisper's decoder generates on CPU (the encoder "
+        "keeps torch_threads); None keeps torch_threads. One-token steps are many small "
+        "kernels, where waking a second thread costs more than it saves.",
+    )
     warmup: bool = Field(True, description="Run one dummy batch before reporting ready.")
 
     @model_validator(mode="after")

@@ -54,9 +54,10 @@ class ASRModel:
                 os.environ["OMP_NUM_THREADS"] = str(threads)
             # Idle OpenMP threads sleep instead of spinning. With replicas (or the ingress)
             # sharing cores, spinning threads starve the ones with work: two 2-thread
-            # workers on 2 cores ran at 0.66 clips/s spinning and 1.31 passive, against
-            # 1.00 for one worker alone, which passive slows by about 5%. An operator's
-            # own setting (runtime_env env_vars) wins.
+            # workers on 2 cores ran at 0.66 clips/s spinning and 1.31 sleeping, against
+            # 1.00 for one worker alone. Sleeping makes many small kernels slow (Whisper's
+            # decoder steps), which decode_threads: 1 avoids. An operator's own setting
+            # (runtime_env env_vars) wins.
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # One thread runs every forward pass: its OpenMP team stays the same and warm, and
         # no second team spins on the same cores (asyncio.to_thread hops between threads).
@@ -99,6 +100,7 @@ class ASRModel:
             dtype=self._dtype,
             revision=self._settings.revision,
             quantization=self._settings.quantization,
+            decode_threads=self._settings.decode_threads,
         )
         if self._settings.quantization == "int8":
             from serve_app.backends.int8 import pick_kernel

@@ -147,3 +147,30 @@ def test_suppressed_tokens_are_masked_as_transformers_would(
     expected = SuppressTokensLogitsProcessor(token_ids, device=backend.device)(input_ids, scores)
 
     assert torch.equal(ours(input_ids, scores), expected)
+
+
+def test_decode_threads_apply_to_the_decoder_only(demo_model_path: Path, fixtures) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backend = WhisperBackend(
+            str(demo_model_path), device="cpu", dtype=torch.float32, decode_threads=1
+        )
+        seen: dict[str, int] = {}
+
+        def record(name: str):
+            def hook(*_) -> None:  # returns None: the module's inputs stay as they are
+                seen.setdefault(name, torch.get_num_threads())
+
+            return hook
+
+        backend.model.get_encoder().register_forward_pre_hook(record("encoder"))
+        backend.model.get_decoder().register_forward_pre_hook(record("decoder"))
+
+        (result,) = backend.transcribe_batch([fixtures[0].audio], DecodeOptions(language="en"))
+
+        assert seen == {"encoder": 2, "decoder": 1}
+        assert torch.get_num_threads() == 2  # restored for the next batch's encoder
+        assert word_error_rate([fixtures[0].text], [result.text]) < MAX_ITEM_WER
+    finally:
+        torch.set_num_threads(before)

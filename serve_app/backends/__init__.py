@@ -77,6 +77,7 @@ def load_backend(
     dtype: "torch.dtype",
     revision: str | None = None,
     quantization: str = "none",
+    decode_threads: int | None = None,
 ) -> ASRBackend:
     quantization = resolve_quantization(quantization, device)
     family = detect_family(model_id, revision)
@@ -84,10 +85,13 @@ def load_backend(
     if family == "whisper":
         from serve_app.backends.whisper import WhisperBackend
 
-        backend = WhisperBackend(model_id, device=device, dtype=dtype, revision=revision)
+        backend = WhisperBackend(
+            model_id, device=device, dtype=dtype, revision=revision, decode_threads=decode_threads
+        )
     else:
         from serve_app.backends.glm_asr import GlmAsrBackend
 
+        # decode_threads does not apply: GLM-ASR encodes the audio inside generate.
         backend = GlmAsrBackend(model_id, device=device, dtype=dtype, revision=revision)
     if quantization == "int8":
         from serve_app.backends.int8 import quantize_linear_layers

@@ -9,8 +9,10 @@ batch, so invalid ones raise ValueError (`validate_options` lets the caller chec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -37,6 +39,20 @@ TASKS = ("transcribe", "translate")
 _INIT_TOKENS = 4
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside, restored after (None: as is)."""
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class SuppressTokens(LogitsProcessor):
     """transformers' SuppressTokensLogitsProcessor with its mask built once, not per step.
 
@@ -56,9 +72,17 @@ class WhisperBackend:
     """Loads a Whisper checkpoint and transcribes batches of 16 kHz mono float32 chunks."""
 
     def __init__(
-        self, model_id: str, *, device: str, dtype: torch.dtype, revision: str | None = None
+        self,
+        model_id: str,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        revision: str | None = None,
+        decode_threads: int | None = None,
     ) -> None:
         self.device = torch.device(device)
+        # CPU only: on a GPU the host threads only launch kernels.
+        self._decode_threads = decode_threads if self.device.type == "cpu" else None
         self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
         model = AutoModelForSpeechSeq2Seq.from_pretrained(model_id, revision=revision, dtype=dtype)
         self.model = model.to(self.device).eval()
@@ -193,7 +217,8 @@ class WhisperBackend:
         else:
             kwargs.update(do_sample=False, num_beams=1)
 
-        sequences = self.model.generate(**kwargs)
+        with torch_threads(self._decode_threads):
+            sequences = self.model.generate(**kwargs)
         # generate returns only the new tokens: no start tokens, no prompt.
         texts = self.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return [
