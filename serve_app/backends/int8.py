@@ -72,7 +72,8 @@ def _weight_scale(weight: torch.Tensor) -> torch.Tensor:
     return weight.abs().amax(dim=1).clamp(min=_EPS) / _INT8_MAX
 
 
-def _pack_for_fbgemm(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _pack_for_fbgemm(weight: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
+    """fbgemm's prepacked weight (a TorchScript object, not a tensor)."""
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():
         # Deprecated, not gone: _fbgemm_works() falls back to int_mm the day it is.
