@@ -450,7 +450,8 @@ class LocalService:
 
 
 def actor_pids(address: str | None, roles: dict[str, str]) -> dict[str, int]:
-    """Role -> PID of each live actor in `roles`, through Ray's state API."""
+    """Role -> PID of each live actor in `roles`, through Ray's state API. A role with
+    several replicas gets one entry each: "model", "model-2", ..."""
     from ray.util.state import list_actors
 
     pids: dict[str, int] = {}
@@ -458,7 +459,11 @@ def actor_pids(address: str | None, roles: dict[str, str]) -> dict[str, int]:
         actor = actor if isinstance(actor, dict) else asdict(actor)
         role = roles.get(actor.get("class_name", ""))
         if role and actor.get("pid"):
-            pids.setdefault(role, int(actor["pid"]))
+            key, n = role, 1
+            while key in pids:
+                n += 1
+                key = f"{role}-{n}"
+            pids[key] = int(actor["pid"])
     return pids
 
 

@@ -181,7 +181,7 @@ def print_report(result: dict) -> None:
 def soak(url: str, pids: dict[str, int], args) -> dict:
     info = machine_info()
     mix = RequestMix(args.seed)
-    roles = [r for r in ("ingress", "model", "proxy") if r in pids]
+    roles = sorted(pids)  # every process measured, each model replica included
     print(f"soak {args.duration:.0f} s at concurrency {args.concurrency} against {url}; "
           f"load {info['load_average']}; processes {pids}", flush=True)
     with MemorySampler(pids, args.sample_every) as memory:
