@@ -416,13 +416,7 @@ class LocalService:
     def model_info(self) -> dict | None:
         """The model replicas' report, with batches, chunks and audio summed over them."""
         infos = self.model_infos()
-        if not infos:
-            return None
-        total = dict(infos[0], replicas=len(infos))
-        for key in ("batches_run", "chunks_run", "audio_s_run", "padded_s_run"):
-            total[key] = sum(info[key] for info in infos)
-        total["largest_batch"] = max(info["largest_batch"] for info in infos)
-        return total
+        return _summed(infos) if infos else None
 
     def wait_ready(self) -> dict:
         return wait_until(self.model_info, READY_DEADLINE_S, what=f"{self.url}/readyz")
@@ -440,13 +434,22 @@ class LocalService:
             infos = self.model_infos()
             wanted = model["user_config"]
             if infos and all(info["batching"][k] == v for info in infos for k, v in wanted.items()):
-                return self.model_info()
+                return _summed(infos)
             return None
 
         return wait_until(applied, READY_DEADLINE_S, what=f"batching {user_config}")
 
     def pids(self) -> dict[str, int]:
         return actor_pids(self.dashboard_url, self.ROLES)
+
+
+def _summed(infos: list[dict]) -> dict:
+    """One report for all model replicas: the first's, with the run totals summed."""
+    total = dict(infos[0], replicas=len(infos))
+    for key in ("batches_run", "chunks_run", "audio_s_run", "padded_s_run"):
+        total[key] = sum(info[key] for info in infos)
+    total["largest_batch"] = max(info["largest_batch"] for info in infos)
+    return total
 
 
 def actor_pids(address: str | None, roles: dict[str, str]) -> dict[str, int]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import subprocess
 import sys
 import time
@@ -73,6 +72,7 @@ from benchmarks.common import (
     write_json,
 )
 from serve_app.backends.base import DecodeOptions
+from serve_app.openmp import configure_openmp
 
 CLIP_SECONDS = 5.0
 CONCURRENCY = (1, 4, 8, 16)
@@ -230,8 +230,7 @@ def _ceiling_worker(
     threads: int, decode_threads: int | None, quantization: str, n: int, go, results
 ) -> None:
     """One in-process worker of `measure_ceiling_workers`, in a process of its own."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the service's replicas run
+    configure_openmp(threads)  # as the service's replicas do
     import torch
 
     from serve_app.backends import load_backend

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -30,6 +28,7 @@ from serve_app.batching import (
 )
 from serve_app.config import BatchingConfig, ModelSettings
 from serve_app.metrics import ModelMetrics
+from serve_app.openmp import configure_openmp
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,19 +45,7 @@ WARMUP_SECONDS = 1.0  # enough to run every layer once, cheap on any device
 class ASRModel:
     def __init__(self, settings: ModelSettings | dict) -> None:
         self._settings = ModelSettings.model_validate(settings)
-        threads = self._settings.torch_threads
-        if "torch" not in sys.modules:  # OpenMP reads these once, when torch loads
-            if threads:
-                # Ray sets OMP_NUM_THREADS to the actor's num_cpus; some kernels keep to it
-                # despite set_num_threads.
-                os.environ["OMP_NUM_THREADS"] = str(threads)
-            # Idle OpenMP threads sleep instead of spinning. With replicas (or the ingress)
-            # sharing cores, spinning threads starve the ones with work: two 2-thread
-            # workers on 2 cores ran at 0.66 clips/s spinning and 1.31 sleeping, against
-            # 1.00 for one worker alone. Sleeping makes many small kernels slow (Whisper's
-            # decoder steps), which decode_threads: 1 avoids. An operator's own setting
-            # (runtime_env env_vars) wins.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        configure_openmp(self._settings.torch_threads)
         # One thread runs every forward pass: its OpenMP team stays the same and warm, and
         # no second team spins on the same cores (asyncio.to_thread hops between threads).
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -103,9 +90,9 @@ class ASRModel:
             decode_threads=self._settings.decode_threads,
         )
         if self._settings.quantization == "int8":
-            from serve_app.backends.int8 import pick_kernel
+            from serve_app.backends.int8 import kernel_in_use
 
-            self._int8_kernel = pick_kernel()  # the one load_backend used: it depends on the CPU
+            self._int8_kernel = kernel_in_use(self._backend.model)  # it depends on the CPU
         if self._settings.warmup:
             self._warm_up()
 

@@ -140,6 +140,11 @@ class Int8Linear(nn.Module):
         )
 
 
+def kernel_in_use(model: nn.Module) -> Kernel | None:
+    """The kernel of `model`'s INT8 layers (one for all), or None where it has none."""
+    return next((m.kernel for m in model.modules() if isinstance(m, Int8Linear)), None)
+
+
 def quantize_linear_layers(model: nn.Module, kernel: Kernel | None = None) -> int:
     """Swap every float32 `nn.Linear` in `model` for an `Int8Linear`; returns how many.
 
