@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.common import LANGUAGE, SAMPLE_RATE, SPEECH_DIR
+from benchmarks.common import LANGUAGE, SAMPLE_RATE, SPEECH_DIR, Engine
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,10 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 Transcriber = Callable[[list[np.ndarray]], list[str]]
 
 
-def transformers_transcriber(model_path: str, quantization: str, threads: int) -> Transcriber:
-    import torch
-
-    from serve_app.backends import load_backend
+def transformers_transcriber(engine: Engine, threads: int) -> Transcriber:
     from serve_app.backends.base import DecodeOptions
 
-    torch.set_num_threads(threads)
-    backend = load_backend(model_path, device="cpu", dtype=torch.float32, quantization=quantization)
+    backend = engine.load(threads)
     options = DecodeOptions(language=LANGUAGE)
 
     def transcribe(chunks: list[np.ndarray]) -> list[str]:

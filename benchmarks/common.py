@@ -324,6 +324,36 @@ def demo_model() -> Path:
     return ensure_demo_model(DEMO_MODEL_DIR)
 
 
+@dataclass(frozen=True)
+class Engine:
+    """How our backend runs the demo model: configs/local.yaml's choice, or a variant of it."""
+
+    quantization: str = "none"  # model.quantization
+    encoder_window: str = "full"  # model.encoder_window
+
+    @property
+    def label(self) -> str:  # "fp32", "int8", "int8 trimmed"
+        precision = {"none": "fp32", "int8": "int8"}[self.quantization]
+        return precision if self.encoder_window == "full" else f"{precision} {self.encoder_window}"
+
+    @property
+    def full_window(self) -> "Engine":
+        """The same precision, every chunk padded to 30 s: faster-whisper's computation."""
+        return Engine(self.quantization, "full")
+
+    def load(self, threads: int, decode_threads: int | None = None):
+        import torch
+
+        from serve_app.backends import load_backend
+
+        torch.set_num_threads(threads)
+        return load_backend(
+            str(demo_model()), device="cpu", dtype=torch.float32,
+            quantization=self.quantization, decode_threads=decode_threads,
+            encoder_window=self.encoder_window,
+        )
+
+
 class LocalService:
     """configs/local.yaml on a fresh local Ray instance; a context manager."""
 

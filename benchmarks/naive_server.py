@@ -23,7 +23,9 @@ from starlette.routing import Route
 SAMPLE_RATE = 16_000
 
 
-def build(model: str, threads: int, quantization: str = "none") -> Starlette:
+def build(
+    model: str, threads: int, quantization: str = "none", encoder_window: str = "full"
+) -> Starlette:
     import torch
 
     from serve_app.backends.base import DecodeOptions
@@ -31,7 +33,8 @@ def build(model: str, threads: int, quantization: str = "none") -> Starlette:
 
     torch.set_num_threads(threads)
     # The same weights and precision as the service, so the comparison is about serving.
-    backend = load_backend(model, device="cpu", dtype=torch.float32, quantization=quantization)
+    backend = load_backend(model, device="cpu", dtype=torch.float32, quantization=quantization,
+                           encoder_window=encoder_window)
     lock = asyncio.Lock()  # one request at a time: no batching, no overlap
 
     async def healthz(_: Request) -> JSONResponse:
@@ -64,8 +67,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantization", choices=("none", "int8"), default="none")
+    parser.add_argument("--encoder-window", choices=("full", "trimmed"), default="full")
     args = parser.parse_args()
-    app = build(args.model, args.threads, args.quantization)
+    app = build(args.model, args.threads, args.quantization, args.encoder_window)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -47,6 +47,7 @@ import yaml
 from benchmarks.common import (
     CONFIG_PATH,
     LANGUAGE,
+    Engine,
     LONG_FIXTURE,
     NO_STORE,
     READY_DEADLINE_S,
@@ -89,7 +90,6 @@ SERVICE_ON, SERVICE_OFF = "service batching on", "service batching off"
 BATCHING = {SERVICE_ON: {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
             SERVICE_OFF: {"max_batch_size": 1}}
 SERIES_COLORS = {NAIVE: "tab:gray", SERVICE_ON: "tab:blue", SERVICE_OFF: "tab:orange"}
-PRECISION = {"none": "fp32", "int8": "int8"}  # model.quantization -> the label in reports
 REQUEST_TIMEOUT_S = 1800.0
 YARDSTICK_BATCH = 4  # faster-whisper's batched pipeline, besides one clip at a time
 YARDSTICK_WORKERS = 2  # and its num_workers, as configs/local.yaml runs two model replicas
@@ -177,16 +177,9 @@ def specs(kind: str, audios: list[np.ndarray], headers: dict | None = None):
 
 
 def measure_ceiling(
-    plan: Plan, clips: list[np.ndarray], threads: int, quantization: str
+    plan: Plan, clips: list[np.ndarray], threads: int, engine: Engine
 ) -> list[dict]:
-    import torch
-
-    from serve_app.backends import load_backend
-
-    torch.set_num_threads(threads)
-    backend = load_backend(
-        str(demo_model()), device="cpu", dtype=torch.float32, quantization=quantization
-    )
+    backend = engine.load(threads)
     options = DecodeOptions(language=LANGUAGE)
     backend.transcribe_batch(clips[:1], options)  # warm-up, not counted
     rows = []
@@ -207,17 +200,18 @@ def measure_ceiling(
         # less than the wall time (kept as well), and it is no kinder than the wall time.
         rate = batch_size / float(np.median(batch_times))
         row = {
-            "scenario": f"ceiling {PRECISION[quantization]} bs={batch_size}", "workload": "5s",
-            "precision": PRECISION[quantization], "batch_size": batch_size,
+            "scenario": f"ceiling {engine.label} bs={batch_size}", "workload": "5s",
+            "precision": engine.label, "batch_size": batch_size,
             "concurrency": None, "requests": n, "ok": n, "wall_s": wall,
             "clips_per_s": rate, "audio_s_per_s": rate * CLIP_SECONDS,
             "wall_clips_per_s": n / wall,
             **latency_summary(batch_times),  # latency of one batch
             # Equal clips pad nothing against each other; the window pads them all.
-            "padding_share": 1 - CLIP_SECONDS / (backend.info.window_s or CLIP_SECONDS),
+            "padding_share": 1 - CLIP_SECONDS / (
+                backend.info.window_for(int(CLIP_SECONDS * SAMPLE_RATE)) or CLIP_SECONDS),
             "load_average": load_average(),
         }
-        print(f"  ceiling {PRECISION[quantization]} bs={batch_size}: {rate:.3f} clips/s (median "
+        print(f"  ceiling {engine.label} bs={batch_size}: {rate:.3f} clips/s (median "
               f"of {len(batch_times)} batches; {n / wall:.3f} over the wall time)  "
               f"load {row['load_average']}", flush=True)
         rows.append(row)
@@ -227,17 +221,11 @@ def measure_ceiling(
 
 
 def _ceiling_worker(
-    threads: int, decode_threads: int | None, quantization: str, n: int, go, results
+    threads: int, decode_threads: int | None, engine: Engine, n: int, go, results
 ) -> None:
     """One in-process worker of `measure_ceiling_workers`, in a process of its own."""
     configure_openmp(threads)  # as the service's replicas do
-    import torch
-
-    from serve_app.backends import load_backend
-
-    torch.set_num_threads(threads)
-    backend = load_backend(str(demo_model()), device="cpu", dtype=torch.float32,
-                           quantization=quantization, decode_threads=decode_threads)
+    backend = engine.load(threads, decode_threads)
     clips, options = five_second_clips(), DecodeOptions(language=LANGUAGE)
     backend.transcribe_batch(clips[:1], options)  # warm-up, not counted
     results.put("ready")
@@ -251,7 +239,7 @@ def _ceiling_worker(
 
 
 def measure_ceiling_workers(plan: Plan, threads: int, decode_threads: int | None,
-                            quantization: str, workers: int) -> dict:
+                            engine: Engine, workers: int) -> dict:
     """`workers` processes transcribing one clip at a time side by side, started together,
     with the replicas' thread settings: what the service's model replicas could do at most
     with no serving at all."""
@@ -261,7 +249,7 @@ def measure_ceiling_workers(plan: Plan, threads: int, decode_threads: int | None
     go, results = context.Event(), context.Queue()
     n = plan.ceiling_clips(workers)
     processes = [context.Process(target=_ceiling_worker,
-                                 args=(threads, decode_threads, quantization, n, go, results))
+                                 args=(threads, decode_threads, engine, n, go, results))
                  for _ in range(workers)]
     for process in processes:
         process.start()
@@ -278,10 +266,9 @@ def measure_ceiling_workers(plan: Plan, threads: int, decode_threads: int | None
                 process.kill()
     wall = max(end for _, end, _ in done) - min(start for start, _, _ in done)
     times = [t for _, _, ts in done for t in ts]
-    precision = PRECISION[quantization]
     row = {
-        "scenario": f"ceiling {precision} x{workers} workers", "workload": "5s",
-        "precision": precision, "batch_size": 1, "workers": workers, "concurrency": None,
+        "scenario": f"ceiling {engine.label} x{workers} workers", "workload": "5s",
+        "precision": engine.label, "batch_size": 1, "workers": workers, "concurrency": None,
         "requests": n * workers, "ok": n * workers, "wall_s": wall,
         "clips_per_s": n * workers / wall, "audio_s_per_s": n * workers * CLIP_SECONDS / wall,
         **latency_summary(times), "load_average": load_average(),
@@ -295,13 +282,14 @@ def measure_ceiling_workers(plan: Plan, threads: int, decode_threads: int | None
 
 
 def measure_naive(
-    plan: Plan, clips: list[np.ndarray], threads: int, quantization: str
+    plan: Plan, clips: list[np.ndarray], threads: int, engine: Engine
 ) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.naive_server", "--model", str(demo_model()),
-         "--port", str(port), "--threads", str(threads), "--quantization", quantization],
+         "--port", str(port), "--threads", str(threads), "--quantization", engine.quantization,
+         "--encoder-window", engine.encoder_window],
     )
     rows = []
     try:
@@ -482,14 +470,15 @@ def measure_yardstick(plan: Plan, clips: list[np.ndarray], threads: int) -> list
     return rows
 
 
-def measure_accuracy(threads: int, quantization: str, eval_dir) -> list[dict]:
+def measure_accuracy(threads: int, engine: Engine, eval_dir) -> list[dict]:
     from benchmarks import accuracy
 
     sets = accuracy.eval_sets(eval_dir)
     scores = []
-    for setting in dict.fromkeys(("none", quantization)):  # FP32 first, then the service's
-        transcribe = accuracy.transformers_transcriber(str(demo_model()), setting, threads)
-        scores.append(accuracy.score(f"transformers {PRECISION[setting]}", transcribe, sets))
+    # Plain FP32 first, then the service's precision in full windows, then the service's engine.
+    for variant in dict.fromkeys((Engine(), engine.full_window, engine)):
+        transcribe = accuracy.transformers_transcriber(variant, threads)
+        scores.append(accuracy.score(f"transformers {variant.label}", transcribe, sets))
         del transcribe
         gc.collect()
     scores.append(accuracy.score(
@@ -510,7 +499,7 @@ def _service_row(rows: list[dict], concurrency: int, scenario: str) -> dict | No
 
 
 def targets(rows: list[dict], cache: dict | None, accuracy: list[dict] | None,
-            precision: str, yaml_batching: dict) -> list[dict]:
+            engine: Engine, yaml_batching: dict) -> list[dict]:
     """The issues' targets, each as measured / goal, from this run's figures only."""
     out = []
 
@@ -518,6 +507,7 @@ def targets(rows: list[dict], cache: dict | None, accuracy: list[dict] | None,
         met = None if value is None else (value >= goal if higher_is_better else value <= goal)
         out.append({"target": name, "value": value, "goal": goal, "met": met, "how": how})
 
+    precision = engine.label
     ceiling = _best(rows, f"ceiling {precision} bs=")
     # The service as configs/local.yaml runs it: batching off when it sets max_batch_size 1.
     scenario = SERVICE_ON if yaml_batching.get("max_batch_size", 8) > 1 else SERVICE_OFF
@@ -546,10 +536,12 @@ def targets(rows: list[dict], cache: dict | None, accuracy: list[dict] | None,
             "served over HTTP against faster-whisper in-process, same clips and decoding")
     if accuracy:
         by_engine = {a["engine"]: a["fixtures"]["wer"] for a in accuracy}
-        fp32, int8 = by_engine.get("transformers fp32"), by_engine.get("transformers int8")
-        if fp32 is not None and int8 is not None:
-            add("WER rise of int8 over fp32 (points)", 100 * (int8 - fp32), 2.0, False,
-                "committed fixtures, the service's chunks")
+        fp32 = by_engine.get("transformers fp32")
+        for variant in dict.fromkeys((engine.full_window, engine)):
+            wer = by_engine.get(f"transformers {variant.label}")
+            if fp32 is not None and wer is not None and variant != Engine():
+                add(f"WER rise of {variant.label} over fp32 (points)", 100 * (wer - fp32), 2.0,
+                    False, "committed fixtures, the service's chunks")
     return out
 
 
@@ -578,9 +570,10 @@ def main() -> None:
     app = yaml.safe_load(CONFIG_PATH.read_text())["applications"][0]
     model_settings = app["args"]["model"]
     threads = model_settings.get("torch_threads") or 2
-    quantization = model_settings.get("quantization", "none")
+    engine = Engine(model_settings.get("quantization", "none"),
+                    model_settings.get("encoder_window", "full"))
     decode_threads = model_settings.get("decode_threads")
-    precision = PRECISION[quantization]
+    precision = engine.label
     model_deployment = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     yaml_batching = model_deployment.get("user_config", {})
     model_replicas = model_deployment.get("num_replicas", 1)
@@ -597,17 +590,19 @@ def main() -> None:
     for step, phase in enumerate(phases, 1):
         print(f"{step}/{len(phases)} {PHASE_TITLES[phase]}", flush=True)
         if phase == "ceiling":
-            for setting in dict.fromkeys((quantization, "none")):  # the service's precision first
-                rows += measure_ceiling(plan, clips, threads, setting)
+            # The service's engine first, then its precision in full windows (what
+            # faster-whisper computes), then plain FP32.
+            for variant in dict.fromkeys((engine, engine.full_window, Engine())):
+                rows += measure_ceiling(plan, clips, threads, variant)
             if model_replicas > 1:
-                rows.append(measure_ceiling_workers(plan, threads, decode_threads, quantization,
+                rows.append(measure_ceiling_workers(plan, threads, decode_threads, engine,
                                                     model_replicas))
         elif phase == "yardstick":
             rows += measure_yardstick(plan, clips, threads)
         elif phase == "accuracy":
-            scores = measure_accuracy(threads, quantization, args.eval_dir)
+            scores = measure_accuracy(threads, engine, args.eval_dir)
         elif phase == "naive":
-            rows += measure_naive(plan, clips, threads, quantization)
+            rows += measure_naive(plan, clips, threads, engine)
         elif phase == "service":
             service_rows, cache = measure_service(plan, clips, mixed, long_audio)
             rows += service_rows
@@ -619,7 +614,7 @@ def main() -> None:
             sets = {k: v for k, v in score.items() if k != "engine"}
             print(f"  {score['engine']:<24}" + "  ".join(
                 f"{k} {v['wer']:.2%} of {v['words']} words" for k, v in sets.items()))
-    goals = targets(rows, cache, scores, precision, yaml_batching)
+    goals = targets(rows, cache, scores, engine, yaml_batching)
     print_targets(goals)
 
     stamp = timestamp()

@@ -34,9 +34,14 @@ class ChunkRequest:
     audio: np.ndarray
     options: DecodeOptions
     enqueued_at: float = 0.0  # monotonic time the chunk reached the replica
-    # Seconds of audio the model computes on for this chunk: its length, or the fixed
-    # window it is padded to (Whisper: 30 s). Serve's batch_size_fn sums it.
-    cost_s: float = float(MAX_CHUNK_SECONDS)
+    # The encoder window this chunk is padded to (BackendInfo.window_for: Whisper 30 s, or
+    # 5-30 s trimmed); None when a call is padded to its longest chunk only.
+    window_s: float | None = float(MAX_CHUNK_SECONDS)
+
+    @property
+    def cost_s(self) -> float:
+        """Seconds of (padded) audio the model computes on for this chunk."""
+        return chunk_cost_seconds(self.audio.size, self.window_s)
 
 
 def chunk_cost_seconds(n_samples: int, window_s: float | None) -> float:
@@ -50,27 +55,25 @@ def batch_size_in_windows(requests: list[ChunkRequest]) -> int:
     """`@serve.batch`'s batch_size_fn: a batch's cost in 30-second windows of audio.
 
     So `max_batch_size: 8` means 240 s of audio, whatever the chunk lengths: eight
-    Whisper chunks (each padded to 30 s), or up to forty-eight 5-second GLM-ASR chunks.
+    Whisper chunks padded to 30 s, or up to forty-eight 5-second GLM-ASR chunks.
     """
     seconds = sum(r.cost_s for r in requests)
     return max(1, math.ceil(seconds / MAX_CHUNK_SECONDS - 1e-9))
 
 
-def group_for_generate(
-    requests: list[ChunkRequest], window_s: float | None = MAX_CHUNK_SECONDS
-) -> list[list[int]]:
+def group_for_generate(requests: list[ChunkRequest]) -> list[list[int]]:
     """Indices of the chunks that share one `generate` call, each call ordered by length.
 
-    Chunks share a call only when their options match. A model that pads to a fixed
-    window (`window_s`) costs the same whatever the mix; one that pads to the longest
-    chunk in the call gets calls of similar lengths: the longest at most
-    SIMILAR_LENGTH_RATIO times the shortest, so padding stays under half of each call.
+    Chunks share a call only when their options and their window match, so what a chunk
+    is padded to never depends on its batch mates. Chunks without a window (padded to the
+    call's longest) get calls of similar lengths: the longest at most SIMILAR_LENGTH_RATIO
+    times the shortest, so padding stays under half of each call.
     """
-    groups: dict[DecodeOptions, list[int]] = defaultdict(list)
+    groups: dict[tuple[DecodeOptions, float | None], list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
-        groups[request.options].append(index)
+        groups[(request.options, request.window_s)].append(index)
     calls: list[list[int]] = []
-    for indices in groups.values():
+    for (_, window_s), indices in groups.items():
         indices.sort(key=lambda i: requests[i].audio.size)
         if window_s is not None:
             calls.append(indices)
@@ -98,14 +101,15 @@ class BatchShape:
         return 1.0 - self.audio_s / self.padded_s if self.padded_s else 0.0
 
 
-def batch_shape(
-    requests: list[ChunkRequest], calls: list[list[int]], window_s: float | None
-) -> BatchShape:
+def batch_shape(requests: list[ChunkRequest], calls: list[list[int]]) -> BatchShape:
     audio = padded = 0.0
     for call in calls:
         lengths = [requests[i].audio.size / SAMPLE_RATE for i in call]
+        longest = max(lengths, default=0.0)
         audio += sum(lengths)
-        padded += len(lengths) * (window_s if window_s is not None else max(lengths, default=0.0))
+        padded += sum(
+            requests[i].window_s if requests[i].window_s is not None else longest for i in call
+        )
     return BatchShape(audio, padded)
 
 

@@ -22,7 +22,6 @@ from serve_app.batching import (
     ChunkRequest,
     batch_shape,
     batch_size_in_windows,
-    chunk_cost_seconds,
     group_for_generate,
     run_batch,
 )
@@ -88,6 +87,7 @@ class ASRModel:
             revision=self._settings.revision,
             quantization=self._settings.quantization,
             decode_threads=self._settings.decode_threads,
+            encoder_window=self._settings.encoder_window,
         )
         if self._settings.quantization == "int8":
             from serve_app.backends.int8 import kernel_in_use
@@ -132,9 +132,9 @@ class ASRModel:
 
     async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:
         """One chunk in, one result out; batched with whatever else is waiting."""
-        cost_s = chunk_cost_seconds(audio.size, self._backend.info.window_s)
+        window_s = self._backend.info.window_for(audio.size)
         return await self._transcribe_batch(
-            ChunkRequest(audio, options, time.monotonic(), cost_s=cost_s)
+            ChunkRequest(audio, options, time.monotonic(), window_s=window_s)
         )
 
     # Sizes count 30-second windows of audio, not chunks (batching.batch_size_in_windows).
@@ -143,9 +143,8 @@ class ASRModel:
         started = time.monotonic()
         for request in requests:
             self._metrics.batch_wait.observe(started - request.enqueued_at)
-        window_s = self._backend.info.window_s
-        calls = group_for_generate(requests, window_s)
-        shape = batch_shape(requests, calls, window_s)
+        calls = group_for_generate(requests)
+        shape = batch_shape(requests, calls)
         self._metrics.batch_size.observe(len(requests))
         self._metrics.padding_ratio.observe(shape.padding_ratio)
         self._batches_run += 1

@@ -54,4 +54,6 @@ def test_args_reject_unknown_keys() -> None:
     with pytest.raises(ValidationError):
         AppArgs.model_validate({"model": {"id": "x", "batch_size": 4}})
     with pytest.raises(ValidationError):
+        AppArgs.model_validate({"model": {"id": "x", "encoder_window": "short"}})
+    with pytest.raises(ValidationError):
         BatchingConfig.model_validate({"max_batch_size": 0})

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from serve_app.backends.base import BackendInfo
 from serve_app.backends.int8 import pick_kernel
 from tests.conftest import wait_until
 from tests.speech import LONG_FIXTURE, SPEECH_DIR, load_fixture, load_speech_fixtures, word_error_rate
@@ -43,6 +44,8 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert model["family"] == "whisper"
     # configs/local.yaml runs INT8, with the kernel this CPU is fast at.
     assert (model["quantization"], model["int8_kernel"]) == ("int8", pick_kernel())
+    # and trimmed encoder windows: 5 s to 30 s, 3 s of silence past the chunk at least.
+    assert (model["windows_s"], model["window_margin_s"]) == ([5, 10, 15, 20, 25, 30], 3.0)
 
 
 def test_models_lists_the_served_model_and_alias(client: httpx.Client) -> None:
@@ -78,10 +81,16 @@ def test_concurrent_requests_are_batched_and_all_succeed(client: httpx.Client) -
     batches = after["batches_run"] - before["batches_run"]
     assert chunks == len(fixtures)
     assert batches < chunks  # @serve.batch put chunks of different requests together
-    # Whisper pads every chunk to one 30-s window, and the replica counts that padding.
+    # Each chunk is padded to its encoder window, and the replica counts that padding:
+    # local.yaml trims Whisper's windows, so these 3-5 s clips take 10 s each, not 30.
+    info = BackendInfo(**{k: after[k] for k in ("model_id", "family", "can_translate")},
+                       windows_s=tuple(after["windows_s"]),
+                       window_margin_s=after["window_margin_s"])
+    windows = [info.window_for(f.audio.size + 160 * (i + 1)) for i, f in enumerate(fixtures)]
+    assert set(windows) == {10.0}
     padded = after["padded_s_run"] - before["padded_s_run"]
     audio = after["audio_s_run"] - before["audio_s_run"]
-    assert padded == pytest.approx(30.0 * chunks)
+    assert padded == pytest.approx(sum(windows))
     assert 0 < audio <= sum(f.audio.size for f in fixtures) / 16_000 + 1.0
 
 

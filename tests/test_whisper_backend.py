@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, DecodeOptions
-from serve_app.backends.whisper import WhisperBackend
+from serve_app.backends import whisper
+from serve_app.backends.whisper import WhisperBackend, encode_window
 from tests.speech import load_speech_fixtures, normalize, word_error_rate
 
 MAX_CORPUS_WER = 0.20  # the demo model scores ~0.02 on these; 0.20 leaves room for CPU/GPU drift
@@ -174,3 +175,47 @@ def test_decode_threads_apply_to_the_decoder_only(demo_model_path: Path, fixture
         assert word_error_rate([fixtures[0].text], [result.text]) < MAX_ITEM_WER
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trimmed(demo_model_path: Path) -> WhisperBackend:
+    device, dtype = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    return WhisperBackend(str(demo_model_path), device=device, dtype=dtype, encoder_window="trimmed")
+
+
+def test_the_trimmed_encoder_is_whispers_encoder_on_fewer_frames(trimmed) -> None:
+    encoder = trimmed.model.get_encoder()
+    features = torch.randn(1, 80, 3000, dtype=trimmed.model.dtype, device=trimmed.device)
+    with torch.inference_mode():
+        full = encoder(features).last_hidden_state
+        same = encode_window(encoder, features)
+        short = encode_window(encoder, features[..., :1000])
+    assert torch.equal(full, same)  # the same layers, in the same order
+    assert short.shape == (1, 500, full.shape[-1])
+
+
+def test_trimmed_windows_transcribe_as_well_as_full_ones(trimmed, fixtures) -> None:
+    windows = [trimmed.info.window_for(f.audio.size) for f in fixtures]
+    assert max(windows) < MAX_CHUNK_SECONDS  # the fixtures (< 7 s) never need 30 s
+    results = [trimmed.transcribe_batch([f.audio], DecodeOptions())[0] for f in fixtures]
+    assert [r.language for r in results] == ["en"] * len(fixtures)  # detected on fewer frames
+    assert word_error_rate([f.text for f in fixtures], [r.text for r in results]) < MAX_CORPUS_WER
+
+
+def test_a_chunk_that_runs_out_of_tokens_in_a_trimmed_window_is_decoded_in_30_s(
+    trimmed, fixtures, monkeypatch, caplog
+) -> None:
+    fixture = fixtures[0]
+    # A cap of one token per 10 s: any decode in a trimmed window runs out, as a loop would.
+    monkeypatch.setattr(whisper, "MAX_TOKENS_PER_SECOND", 0.1)
+    with caplog.at_level("INFO", logger=whisper.__name__):
+        (result,) = trimmed.transcribe_batch([fixture.audio], DecodeOptions(language="en"))
+    assert "decoding them in 30 s" in caplog.text
+    assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER  # the whole sentence
+
+
+def test_a_loop_compresses_far_better_than_speech() -> None:
+    assert whisper.compression_ratio("The quick brown fox jumps over the lazy dog.") < 1.5
+    loop = " ".join(["The price of coffee has gone up again this year."] * 10)
+    assert whisper.compression_ratio(loop) > whisper.LOOP_COMPRESSION_RATIO
+    assert whisper.compression_ratio("") == 0.0

@@ -78,6 +78,7 @@ def load_backend(
     revision: str | None = None,
     quantization: str = "none",
     decode_threads: int | None = None,
+    encoder_window: str = "full",
 ) -> ASRBackend:
     quantization = resolve_quantization(quantization, device)
     family = detect_family(model_id, revision)
@@ -86,12 +87,18 @@ def load_backend(
         from serve_app.backends.whisper import WhisperBackend
 
         backend = WhisperBackend(
-            model_id, device=device, dtype=dtype, revision=revision, decode_threads=decode_threads
+            model_id,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            decode_threads=decode_threads,
+            encoder_window=encoder_window,
         )
     else:
         from serve_app.backends.glm_asr import GlmAsrBackend
 
-        # decode_threads does not apply: GLM-ASR encodes the audio inside generate.
+        # decode_threads does not apply: GLM-ASR encodes the audio inside generate. Nor
+        # does encoder_window: its windows are fixed (GlmAsrBackend.info).
         backend = GlmAsrBackend(model_id, device=device, dtype=dtype, revision=revision)
     if quantization == "int8":
         from serve_app.backends.int8 import quantize_linear_layers

@@ -43,9 +43,18 @@ class BackendInfo:
     family: str  # "whisper" or "glm_asr"
     can_translate: bool
     languages: tuple[str, ...] = field(default_factory=tuple)  # empty = not enumerated
-    # Every chunk is padded to this many seconds before the encoder (Whisper: 30); None
-    # means a batch is padded to its longest chunk only (GLM-ASR's encoder).
-    window_s: float | None = None
+    # The encoder windows a chunk can be padded to, shortest first: a chunk takes the
+    # shortest that holds it plus `window_margin_s` of silence (Whisper: 30 s only, or
+    # 5-30 s with trimmed windows). Empty: a call is padded to its longest chunk only.
+    windows_s: tuple[float, ...] = ()
+    window_margin_s: float = 0.0
+
+    def window_for(self, n_samples: int) -> float | None:
+        """Seconds of audio one chunk of `n_samples` is padded to; None without windows."""
+        if not self.windows_s:
+            return None
+        needed = n_samples / SAMPLE_RATE + self.window_margin_s
+        return next((w for w in self.windows_s if w >= needed - 1e-9), self.windows_s[-1])
 
 
 class ASRBackend(Protocol):

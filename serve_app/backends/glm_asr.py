@@ -82,7 +82,7 @@ class GlmAsrBackend:
             # The processor's Whisper feature extractor pads every chunk to 30 s. The
             # encoder could take less, but it has no attention mask: padding to the batch's
             # longest chunk would make a chunk's text depend on its batch mates.
-            window_s=float(MAX_CHUNK_SECONDS),
+            windows_s=(float(MAX_CHUNK_SECONDS),),
         )
         # Special-token strings (e.g. "<|assistant|>") in a user's prompt would be parsed
         # as control tokens and could end the user turn early; they are removed.
