@@ -79,11 +79,12 @@ class ModelSettings(_Strict):
     )
     encoder_window: Literal["full", "trimmed"] = Field(
         "full",
-        description="Whisper only. full: every chunk is padded to 30 s, as Whisper was "
-        "trained. trimmed: to the next 5-s step at least 3 s past the chunk's end, so a "
-        "5-s clip costs the encoder a third; a chunk that loops is decoded again in 30 s. "
-        "Measured on CPU: about twice the speed for short clips at the same word error "
-        "rate (docs/performance.md).",
+        description="full: every chunk is padded to 30 s, as Whisper and GLM-ASR were "
+        "trained. trimmed: to the next 5-s step (GLM-ASR: 6-s) at least 3 s past the "
+        "chunk's end, so a 5-s clip costs the encoder a third; a Whisper chunk that loops "
+        "is decoded again in 30 s. Whisper base on 2 CPU cores: 3.2x the speed for 5-s "
+        "clips at the same word error rate on the test speech (docs/performance.md); "
+        "GLM-ASR's accuracy with it is unmeasured (no real weights here).",
     )
     warmup: bool = Field(True, description="Run one dummy batch before reporting ready.")
 

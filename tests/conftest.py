@@ -85,8 +85,9 @@ def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
     app["args"]["model"]["id"] = str(model_path)
-    # local.yaml turns batching off (on 2 CPU cores it does not pay, docs/performance.md);
-    # the tests check that Serve batches chunks across requests, so they turn it on.
+    # local.yaml batches only what is already queued (on 2 CPU cores waiting does not pay,
+    # docs/performance.md); the tests check that Serve gathers chunks across requests, so
+    # they give batches room and a wait.
     model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     model["user_config"] = dict(TEST_BATCHING)
     # local.yaml runs two model replicas to share 2 cores; the tests read one replica's

@@ -266,3 +266,33 @@ def test_half_precision_casts_features_to_the_model_dtype(checkpoint, chunks) ->
     assert inputs["input_ids"].dtype == torch.int64
     results = half.transcribe_batch(chunks, DecodeOptions(max_new_tokens=4))
     assert [r.error for r in results] == [None, None, None]
+
+
+@pytest.fixture(scope="module")
+def trimmed(checkpoint: Path) -> GlmAsrBackend:
+    return GlmAsrBackend(str(checkpoint), device="cpu", dtype=torch.float32, encoder_window="trimmed")
+
+
+def frames_seen(backend: GlmAsrBackend, audios: list[np.ndarray]) -> list[int]:
+    """The feature frames each audio-encoder call computed on."""
+    seen: list[int] = []
+    handle = backend.model.model.audio_tower.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].shape[-1])
+    )
+    try:
+        backend.transcribe_batch(audios, FAST)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_trimmed_windows_cut_the_encoders_input_and_never_depend_on_batch_mates(
+    backend, trimmed, chunks
+) -> None:
+    assert frames_seen(backend, chunks) == [3000]  # one call, every chunk padded to 30 s
+    # 1 s and 3.3 s (+3 s of silence) fit 6-s and 12-s windows, 8 s a 12-s one too: one
+    # call per window, 100 frames a second.
+    assert sorted(frames_seen(trimmed, chunks)) == [600, 1200]
+    alone = [trimmed.transcribe_batch([c], FAST)[0].text for c in chunks]
+    assert [r.text for r in trimmed.transcribe_batch(chunks, FAST)] == alone
+    assert all(alone)

@@ -97,9 +97,10 @@ def load_backend(
     else:
         from serve_app.backends.glm_asr import GlmAsrBackend
 
-        # decode_threads does not apply: GLM-ASR encodes the audio inside generate. Nor
-        # does encoder_window: its windows are fixed (GlmAsrBackend.info).
-        backend = GlmAsrBackend(model_id, device=device, dtype=dtype, revision=revision)
+        # decode_threads does not apply: GLM-ASR encodes the audio inside generate.
+        backend = GlmAsrBackend(
+            model_id, device=device, dtype=dtype, revision=revision, encoder_window=encoder_window
+        )
     if quantization == "int8":
         from serve_app.backends.int8 import quantize_linear_layers
 

@@ -16,13 +16,18 @@ import torch
 from transformers import AutoProcessor, GlmAsrForConditionalGeneration
 
 from serve_app.backends.base import (
-    MAX_CHUNK_SECONDS,
     SAMPLE_RATE,
     BackendInfo,
     ChunkResult,
     DecodeOptions,
     chunk_problem,
+    encoder_windows,
+    group_by_window,
 )
+
+# Trimmed windows of 6, 12, ... 30 s: the projector merges 4 encoder positions (50 a
+# second) into one audio token, so a window must be a whole number of 2-s spans.
+TRIMMED_STEP_S = 6
 
 # `config.model_type` of GLM-ASR checkpoints; load_backend picks this family from it.
 GLM_ASR_MODEL_TYPE = "glmasr"
@@ -66,7 +71,9 @@ class GlmAsrBackend:
         device: str,
         dtype: torch.dtype,
         revision: str | None = None,
+        encoder_window: str = "full",
     ) -> None:
+        windows_s, window_margin_s = encoder_windows(encoder_window, TRIMMED_STEP_S)
         self.device = torch.device(device)
         self.dtype = dtype
         self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
@@ -79,10 +86,13 @@ class GlmAsrBackend:
             family=FAMILY,
             can_translate=False,
             languages=tuple(LANGUAGE_NAMES),
-            # The processor's Whisper feature extractor pads every chunk to 30 s. The
-            # encoder could take less, but it has no attention mask: padding to the batch's
-            # longest chunk would make a chunk's text depend on its batch mates.
-            windows_s=(float(MAX_CHUNK_SECONDS),),
+            # The processor's Whisper feature extractor pads every chunk to 30 s; the
+            # encoder (rotary positions) takes any length. It has no attention mask, so a
+            # chunk's window must not depend on its batch mates: chunks share a call only
+            # within one window (batching.group_for_generate), which each chunk's own
+            # length decides. The language model only ever sees the audio's own tokens.
+            windows_s=windows_s,
+            window_margin_s=window_margin_s,
         )
         # Special-token strings (e.g. "<|assistant|>") in a user's prompt would be parsed
         # as control tokens and could end the user turn early; they are removed.
@@ -143,15 +153,25 @@ class GlmAsrBackend:
             else:
                 runnable.append(i)
 
-        if runnable:
-            texts = self._generate([audios[i] for i in runnable], options)
-            for i, text in zip(runnable, texts):
-                results[i] = ChunkResult(text=text, language=options.language)
+        # One call per window, so batch mates never change a chunk's padding (the model
+        # deployment already batches one window at a time: batching.group_for_generate).
+        runnable_audios = [audios[i] for i in runnable]
+        for window_s, indices in group_by_window(self.info, runnable_audios).items():
+            texts = self._generate([runnable_audios[i] for i in indices], options, window_s)
+            for i, text in zip(indices, texts, strict=True):
+                results[runnable[i]] = ChunkResult(text=text, language=options.language)
         return results
 
-    def _generate(self, audios: list[np.ndarray], options: DecodeOptions) -> list[str]:
+    def _generate(
+        self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
+    ) -> list[str]:
+        # Features stop at the window's end instead of at 30 s.
         inputs = self.processor.apply_transcription_request(
-            audios, prompt=self.instruction(options)
+            audios,
+            prompt=self.instruction(options),
+            processor_kwargs={
+                "audio_kwargs": {"padding": "max_length", "max_length": int(window_s * SAMPLE_RATE)}
+            },
         )
         # Floating tensors (the log-mel features) take the model dtype, FP16 on CUDA;
         # ids and masks stay integer.

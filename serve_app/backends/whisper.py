@@ -32,25 +32,20 @@ from serve_app.backends.base import (
     ChunkResult,
     DecodeOptions,
     chunk_problem,
+    encoder_windows,
+    group_by_window,
 )
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("transcribe", "translate")
-ENCODER_WINDOWS = ("full", "trimmed")
 # Decoder positions taken by <|startoftranscript|> <|lang|> <|task|> <|notimestamps|>.
 _INIT_TOKENS = 4
 _FRAMES_PER_SECOND = 100  # log-mel frames; the encoder halves them into positions
-
-# Trimmed windows. Whisper was trained on 30-s windows, most of them ending in silence,
-# and it needs some of that silence: with under a second after the speech, it repeated
-# itself on 9 of 46 test sentences; from 3 s on, never, and its word error rate was
-# that of full windows (docs/performance.md). 5-s steps keep shapes few.
-TRIMMED_STEP_S = 5
-TRIMMED_MARGIN_S = 3.0
-# Signs that a trimmed window still sent the decoder into a loop, after which the chunk is
-# decoded again in the full window: gzip compressing the text more than Whisper's own
-# fallback threshold, or more tokens than any speech fits in the window.
+TRIMMED_STEP_S = 5  # trimmed windows of 5, 10, ... 30 s: any length fits the encoder
+# Signs that a trimmed window (base.encoder_windows) still sent the decoder into a loop,
+# after which the chunk is decoded again in the full window: gzip compressing the text
+# more than Whisper's own fallback threshold, or more tokens than any speech fits in it.
 LOOP_COMPRESSION_RATIO = 2.4
 MAX_TOKENS_PER_SECOND = 12
 
@@ -122,8 +117,7 @@ class WhisperBackend:
         decode_threads: int | None = None,
         encoder_window: str = "full",
     ) -> None:
-        if encoder_window not in ENCODER_WINDOWS:
-            raise ValueError(f"encoder_window must be one of {ENCODER_WINDOWS}, not {encoder_window!r}")
+        windows_s, window_margin_s = encoder_windows(encoder_window, TRIMMED_STEP_S)
         self.device = torch.device(device)
         # CPU only: on a GPU the host threads only launch kernels.
         self._decode_threads = decode_threads if self.device.type == "cpu" else None
@@ -154,18 +148,13 @@ class WhisperBackend:
         # half minus one of a prompt, so prompt, start tokens and output always fit.
         self._default_new_tokens = self._max_positions // 2
         self._max_prompt_tokens = self._max_positions // 2 - 1
-        full = float(MAX_CHUNK_SECONDS)  # what the feature extractor pads to
         self.info = BackendInfo(
             model_id=model_id,
             family="whisper",
             can_translate=self._can_translate,
             languages=tuple(sorted(self._languages)),
-            windows_s=(
-                tuple(float(s) for s in range(TRIMMED_STEP_S, MAX_CHUNK_SECONDS + 1, TRIMMED_STEP_S))
-                if encoder_window == "trimmed"
-                else (full,)
-            ),
-            window_margin_s=TRIMMED_MARGIN_S if encoder_window == "trimmed" else 0.0,
+            windows_s=windows_s,
+            window_margin_s=window_margin_s,
         )
 
     def validate_options(self, options: DecodeOptions) -> None:
@@ -222,9 +211,18 @@ class WhisperBackend:
         return [r or ChunkResult(error="not decoded") for r in results]  # every slot is filled
 
     def _decode(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkResult]:
-        # The batch's longest chunk decides the window; the model deployment only batches
-        # chunks of one window together (batching.group_for_generate).
-        window_s = max(self.info.window_for(a.size) or MAX_CHUNK_SECONDS for a in audios)
+        # One call per window, so batch mates never change a chunk's padding (the model
+        # deployment already batches one window at a time: batching.group_for_generate).
+        results: list[ChunkResult | None] = [None] * len(audios)
+        for window_s, indices in group_by_window(self.info, audios).items():
+            decoded = self._decode_window([audios[i] for i in indices], options, window_s)
+            for i, result in zip(indices, decoded, strict=True):
+                results[i] = result
+        return [r or ChunkResult(error="not decoded") for r in results]
+
+    def _decode_window(
+        self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
+    ) -> list[ChunkResult]:
         results, ran_out = self._decode_in_window(audios, options, window_s)
         if window_s < MAX_CHUNK_SECONDS:
             looped = [
