@@ -26,8 +26,8 @@ class BatchingConfig(_Strict):
         8,
         ge=1,
         le=256,
-        description="Most audio per batch, in 30-second windows: a chunk costs what the "
-        "model computes on (a Whisper chunk is padded to one whole window).",
+        description="Most audio per batch, in 30-second windows: a chunk costs the window "
+        "it is padded to (30 s in full windows; with trimmed ones, e.g. 10 s for a 5-s clip).",
     )
     batch_wait_timeout_s: float = Field(
         0.05,

@@ -194,12 +194,34 @@ def test_the_trimmed_encoder_is_whispers_encoder_on_fewer_frames(trimmed) -> Non
     assert short.shape == (1, 500, full.shape[-1])
 
 
-def test_trimmed_windows_transcribe_as_well_as_full_ones(trimmed, fixtures) -> None:
+def test_trimmed_windows_transcribe_as_well_as_full_ones(
+    backend, trimmed, fixtures, caplog
+) -> None:
     windows = [trimmed.info.window_for(f.audio.size) for f in fixtures]
     assert max(windows) < MAX_CHUNK_SECONDS  # the fixtures (< 7 s) never need 30 s
-    results = [trimmed.transcribe_batch([f.audio], DecodeOptions())[0] for f in fixtures]
+    with caplog.at_level("INFO", logger=whisper.__name__):
+        results = [trimmed.transcribe_batch([f.audio], DecodeOptions())[0] for f in fixtures]
+    assert "decoding them in 30 s" not in caplog.text  # every one decoded in its own window
     assert [r.language for r in results] == ["en"] * len(fixtures)  # detected on fewer frames
-    assert word_error_rate([f.text for f in fixtures], [r.text for r in results]) < MAX_CORPUS_WER
+    texts = [f.text for f in fixtures]
+    full = backend.transcribe_batch([f.audio for f in fixtures], DecodeOptions())
+    trimmed_wer = word_error_rate(texts, [r.text for r in results])
+    assert trimmed_wer < MAX_CORPUS_WER
+    assert trimmed_wer <= word_error_rate(texts, [r.text for r in full]) + 0.05
+
+
+def test_a_batch_of_several_windows_gives_what_each_chunk_gives_alone(trimmed, fixtures) -> None:
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    chunks = [
+        np.concatenate([fixtures[1].audio, gap, fixtures[2].audio]),  # ~8 s: a 15-s window
+        fixtures[0].audio,  # ~3 s: 10 s
+        fixtures[4].audio[: SAMPLE_RATE],  # 1 s: 5 s
+    ]
+    assert len({trimmed.info.window_for(c.size) for c in chunks}) == 3
+    alone = [trimmed.transcribe_batch([c], DecodeOptions(language="en"))[0] for c in chunks]
+    together = trimmed.transcribe_batch(chunks, DecodeOptions(language="en"))
+    assert together == alone
+    assert word_error_rate([f"{fixtures[1].text} {fixtures[2].text}"], [alone[0].text]) < MAX_ITEM_WER
 
 
 def test_a_chunk_that_runs_out_of_tokens_in_a_trimmed_window_is_decoded_in_30_s(
@@ -212,6 +234,23 @@ def test_a_chunk_that_runs_out_of_tokens_in_a_trimmed_window_is_decoded_in_30_s(
         (result,) = trimmed.transcribe_batch([fixture.audio], DecodeOptions(language="en"))
     assert "decoding them in 30 s" in caplog.text
     assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER  # the whole sentence
+
+
+def test_only_the_chunk_that_ran_out_is_decoded_again(trimmed, fixtures, monkeypatch, caplog) -> None:
+    short, long = fixtures[0], fixtures[3]  # 9 and 13 words, both in 10-s windows
+    assert trimmed.info.window_for(short.audio.size) == trimmed.info.window_for(long.audio.size)
+    tokenizer = trimmed.processor.tokenizer
+    options = DecodeOptions(language="en")
+    alone = [trimmed.transcribe_batch([f.audio], options)[0].text for f in (short, long)]
+    lengths = [len(tokenizer(" " + text, add_special_tokens=False).input_ids) for text in alone]
+    assert lengths[1] - lengths[0] >= 3, lengths
+    # A cap between the two: the long sentence runs out in its 10-s window, the short not.
+    monkeypatch.setattr(whisper, "MAX_TOKENS_PER_SECOND", (lengths[0] + 1.5) / 10)
+    with caplog.at_level("INFO", logger=whisper.__name__):
+        results = trimmed.transcribe_batch([short.audio, long.audio], options)
+    assert "1 of 2 chunks looped" in caplog.text
+    assert results[0].text == alone[0]  # kept from the trimmed window
+    assert word_error_rate([long.text], [results[1].text]) < MAX_ITEM_WER  # whole, from 30 s
 
 
 def test_a_loop_compresses_far_better_than_speech() -> None:

@@ -8,9 +8,11 @@ many requests without knowing which family it serves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 SAMPLE_RATE = 16_000  # every backend consumes 16 kHz mono float32
 MAX_CHUNK_SECONDS = 30  # Whisper's fixed encoder window; GLM-ASR's feature window too
@@ -64,8 +66,9 @@ class BackendInfo:
     can_translate: bool
     languages: tuple[str, ...] = field(default_factory=tuple)  # empty = not enumerated
     # The encoder windows a chunk can be padded to, shortest first: a chunk takes the
-    # shortest that holds it plus `window_margin_s` of silence (Whisper: 30 s only, or
-    # 5-30 s with trimmed windows). Empty: a call is padded to its longest chunk only.
+    # shortest that holds it plus `window_margin_s` of silence (30 s only in full windows,
+    # 5-30 s trimmed). Empty: a call is padded to its longest chunk (no backend does so
+    # today; batching.group_for_generate keeps such calls to similar lengths).
     windows_s: tuple[float, ...] = ()
     window_margin_s: float = 0.0
 
@@ -77,14 +80,24 @@ class BackendInfo:
         return next((w for w in self.windows_s if w >= needed - 1e-9), self.windows_s[-1])
 
 
-def group_by_window(info: BackendInfo, audios: list[np.ndarray]) -> dict[float, list[int]]:
-    """Indices of the chunks padded to each window: a chunk's window is its own length's,
-    whatever it is batched with. Without windows, one group padded to 30 s at most."""
-    groups: dict[float, list[int]] = {}
+def per_window(
+    info: BackendInfo,
+    audios: list[np.ndarray],
+    run: Callable[[list[np.ndarray], float | None], list[T]],
+) -> list[T]:
+    """`run(chunks, window_s)` once per window, its results put back in the order of `audios`.
+
+    A chunk's window is decided by its own length, so batch mates never change what it is
+    padded to. Without windows (None) the backend pads the call to its longest chunk.
+    """
+    groups: dict[float | None, list[int]] = {}
     for index, audio in enumerate(audios):
-        window_s = info.window_for(audio.shape[0]) or float(MAX_CHUNK_SECONDS)
-        groups.setdefault(window_s, []).append(index)
-    return groups
+        groups.setdefault(info.window_for(audio.shape[0]), []).append(index)
+    results: list[T | None] = [None] * len(audios)
+    for window_s, indices in groups.items():
+        for i, result in zip(indices, run([audios[i] for i in indices], window_s), strict=True):
+            results[i] = result
+    return results  # type: ignore[return-value]  # every index is in exactly one group
 
 
 class ASRBackend(Protocol):

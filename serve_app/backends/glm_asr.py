@@ -16,13 +16,14 @@ import torch
 from transformers import AutoProcessor, GlmAsrForConditionalGeneration
 
 from serve_app.backends.base import (
+    MAX_CHUNK_SECONDS,
     SAMPLE_RATE,
     BackendInfo,
     ChunkResult,
     DecodeOptions,
     chunk_problem,
     encoder_windows,
-    group_by_window,
+    per_window,
 )
 
 # Trimmed windows of 6, 12, ... 30 s: the projector merges 4 encoder positions (50 a
@@ -155,11 +156,15 @@ class GlmAsrBackend:
 
         # One call per window, so batch mates never change a chunk's padding (the model
         # deployment already batches one window at a time: batching.group_for_generate).
-        runnable_audios = [audios[i] for i in runnable]
-        for window_s, indices in group_by_window(self.info, runnable_audios).items():
-            texts = self._generate([runnable_audios[i] for i in indices], options, window_s)
-            for i, text in zip(indices, texts, strict=True):
-                results[runnable[i]] = ChunkResult(text=text, language=options.language)
+        texts = per_window(
+            self.info,
+            [audios[i] for i in runnable],
+            lambda chunks, window_s: self._generate(
+                chunks, options, window_s or float(MAX_CHUNK_SECONDS)
+            ),
+        )
+        for i, text in zip(runnable, texts, strict=True):
+            results[i] = ChunkResult(text=text, language=options.language)
         return results
 
     def _generate(

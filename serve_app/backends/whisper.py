@@ -33,7 +33,7 @@ from serve_app.backends.base import (
     DecodeOptions,
     chunk_problem,
     encoder_windows,
-    group_by_window,
+    per_window,
 )
 
 logger = logging.getLogger(__name__)
@@ -213,12 +213,13 @@ class WhisperBackend:
     def _decode(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkResult]:
         # One call per window, so batch mates never change a chunk's padding (the model
         # deployment already batches one window at a time: batching.group_for_generate).
-        results: list[ChunkResult | None] = [None] * len(audios)
-        for window_s, indices in group_by_window(self.info, audios).items():
-            decoded = self._decode_window([audios[i] for i in indices], options, window_s)
-            for i, result in zip(indices, decoded, strict=True):
-                results[i] = result
-        return [r or ChunkResult(error="not decoded") for r in results]
+        return per_window(
+            self.info,
+            audios,
+            lambda chunks, window_s: self._decode_window(
+                chunks, options, window_s or float(MAX_CHUNK_SECONDS)
+            ),
+        )
 
     def _decode_window(
         self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
@@ -303,10 +304,12 @@ class WhisperBackend:
             sequences = self.model.generate(**kwargs)
         # generate returns only the new tokens: no start tokens, no prompt.
         texts = self.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        # generate drops the EOS that ends its longest rows; shorter rows are padded with it.
-        eos = self.model.generation_config.eos_token_id
+        # generate strips each row's EOS and right-pads the rows to the longest, so a row
+        # ran out only if the rows are as long as the cap and it ends in a plain token.
+        gen = self.model.generation_config
         at_cap = cap < wanted and sequences.shape[-1] >= cap
-        ran_out = [at_cap and eos not in row.tolist() for row in sequences]
+        ends = {gen.eos_token_id, gen.pad_token_id}
+        ran_out = [at_cap and int(row[-1]) not in ends for row in sequences]
         results = [
             ChunkResult(text=t.strip(), language=lang)
             for t, lang in zip(texts, languages, strict=True)
