@@ -341,14 +341,15 @@ class Engine:
         """The same precision, every chunk padded to 30 s: faster-whisper's computation."""
         return Engine(self.quantization, "full")
 
-    def load(self, threads: int, decode_threads: int | None = None):
+    def load(self, threads: int, decode_threads: int | None = None, model: str | None = None):
+        """The backend on CPU with `threads` torch threads; `model` defaults to the demo's."""
         import torch
 
         from serve_app.backends import load_backend
 
         torch.set_num_threads(threads)
         return load_backend(
-            str(demo_model()), device="cpu", dtype=torch.float32,
+            model or str(demo_model()), device="cpu", dtype=torch.float32,
             quantization=self.quantization, decode_threads=decode_threads,
             encoder_window=self.encoder_window,
         )

@@ -20,21 +20,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from benchmarks.common import Engine
+
 SAMPLE_RATE = 16_000
 
 
-def build(
-    model: str, threads: int, quantization: str = "none", encoder_window: str = "full"
-) -> Starlette:
-    import torch
-
+def build(model: str, threads: int, engine: Engine) -> Starlette:
     from serve_app.backends.base import DecodeOptions
-    from serve_app.backends import load_backend
 
-    torch.set_num_threads(threads)
-    # The same weights and precision as the service, so the comparison is about serving.
-    backend = load_backend(model, device="cpu", dtype=torch.float32, quantization=quantization,
-                           encoder_window=encoder_window)
+    # The same weights and engine as the service, so the comparison is about serving.
+    backend = engine.load(threads, model=model)
     lock = asyncio.Lock()  # one request at a time: no batching, no overlap
 
     async def healthz(_: Request) -> JSONResponse:
@@ -69,7 +64,7 @@ def main() -> None:
     parser.add_argument("--quantization", choices=("none", "int8"), default="none")
     parser.add_argument("--encoder-window", choices=("full", "trimmed"), default="full")
     args = parser.parse_args()
-    app = build(args.model, args.threads, args.quantization, args.encoder_window)
+    app = build(args.model, args.threads, Engine(args.quantization, args.encoder_window))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 TASKS = ("transcribe", "translate")
 # Decoder positions taken by <|startoftranscript|> <|lang|> <|task|> <|notimestamps|>.
 _INIT_TOKENS = 4
-_FRAMES_PER_SECOND = 100  # log-mel frames; the encoder halves them into positions
 TRIMMED_STEP_S = 5  # trimmed windows of 5, 10, ... 30 s: any length fits the encoder
 # Signs that a trimmed window (base.encoder_windows) still sent the decoder into a loop,
 # after which the chunk is decoded again in the full window: gzip compressing the text
@@ -246,25 +245,25 @@ class WhisperBackend:
         self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
     ) -> tuple[list[ChunkResult], list[bool]]:
         """Results, and for each whether it stopped at the window's token cap, not at EOS."""
+        # Features of the window only: the same frames as the first ones of a 30-s window
+        # (the padding is zeros either way), without the STFT of the rest.
         features = self.processor.feature_extractor(
             audios,
             sampling_rate=SAMPLE_RATE,
             return_tensors="pt",
             return_attention_mask=True,
+            padding="max_length",
+            max_length=int(window_s * SAMPLE_RATE),
             device=str(self.device),  # the STFT runs on the GPU when there is one
         )
-        frames = int(window_s * _FRAMES_PER_SECOND)
         input_features = features.input_features.to(self.device, dtype=self.model.dtype)
         attention_mask = features.attention_mask.to(self.device)
         # One encoder pass serves both language detection and decoding.
         encoder = self.model.get_encoder()
-        if frames >= input_features.shape[-1]:
-            encoder_outputs = encoder(input_features)
+        if window_s < MAX_CHUNK_SECONDS:
+            encoder_outputs = BaseModelOutput(last_hidden_state=encode_window(encoder, input_features))
         else:
-            encoder_outputs = BaseModelOutput(
-                last_hidden_state=encode_window(encoder, input_features[..., :frames])
-            )
-            attention_mask = attention_mask[:, :frames]
+            encoder_outputs = encoder(input_features)
         if options.language is not None:
             languages = [options.language] * len(audios)
         elif self._languages:
