@@ -29,12 +29,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 app
 COPY --from=build /opt/venv /opt/venv
-# The proxy guard caps request bodies where Ray's HTTP proxy first sees them and turns
-# Ray's own plain-text errors into the API's JSON shape; every node's proxy needs it.
+# HAProxy (bundled with ray[serve]) takes the HTTP port and forwards to the ingress
+# replicas' own servers. The proxy guard caps request bodies where Ray first sees them and
+# turns Ray's own plain-text errors into the API's JSON shape; every node needs both.
 # Keep ASR_MAX_UPLOAD_BYTES = limits.max_upload_bytes + 64 KiB of multipart framing.
 ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/home/app/.cache/huggingface \
     PYTHONUNBUFFERED=1 \
+    RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxy_hooks:proxy_middlewares \
     ASR_MAX_UPLOAD_BYTES=104923136
 WORKDIR /app

@@ -26,8 +26,10 @@ demo-model: $(STAMP)
 
 setup: demo-model
 
-# The proxy guard (serve_app/proxy_hooks.py) caps request bodies where Ray's proxy first
+# HAProxy (bundled with ray[serve]) takes port 8000 and forwards to the ingress replica's own
+# HTTP server; the proxy guard (serve_app/proxy_hooks.py) caps request bodies where Ray first
 # sees them: limits.max_upload_bytes in configs/local.yaml + 64 KiB of multipart framing.
+serve: export RAY_SERVE_ENABLE_HA_PROXY = 1
 serve: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH = serve_app.proxy_hooks:proxy_middlewares
 serve: export ASR_MAX_UPLOAD_BYTES = 104923136
 serve: setup

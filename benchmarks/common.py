@@ -375,13 +375,14 @@ class LocalService:
     def __enter__(self) -> "LocalService":
         import ray
 
-        from serve_app.proxy_hooks import proxy_env
+        from serve_app.proxy_hooks import private_haproxy_env, proxy_env
 
         model_path = demo_model()
-        os.environ.update(proxy_env())  # Ray's processes inherit the driver's environment
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # A short path of our own: Ray's socket paths must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="asr-bench-")
+        os.environ.update(proxy_env())  # Ray's processes inherit the driver's environment
+        os.environ.update(private_haproxy_env(Path(self._temp_dir), free_port(), free_port()))
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         context = ray.init(
             address="local",
             num_cpus=2,

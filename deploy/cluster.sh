@@ -33,8 +33,10 @@ DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 METRICS_PORT="${METRICS_PORT:-8080}"
 CONFIG="${CONFIG:-configs/prod.yaml}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
-# The proxy guard (serve_app/proxy_hooks.py) on every node: body limit where Ray's proxy
-# first sees a request, and Ray's own errors in the API's JSON shape.
+# HAProxy in front of the ingress replicas (bundled with ray[serve]), and the proxy guard
+# (serve_app/proxy_hooks.py) on every node: body limit where Ray first sees a request, and
+# Ray's own errors in the API's JSON shape.
+export RAY_SERVE_ENABLE_HA_PROXY="${RAY_SERVE_ENABLE_HA_PROXY:-1}"
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="${RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH:-serve_app.proxy_hooks:proxy_middlewares}"
 export ASR_MAX_UPLOAD_BYTES="${ASR_MAX_UPLOAD_BYTES:-104923136}"
 

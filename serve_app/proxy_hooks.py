@@ -1,16 +1,27 @@
-"""ASGI middleware that Ray Serve's HTTP proxy runs in front of every application.
+"""ASGI middleware that Ray Serve runs in front of every application, and the environment
+that Ray's processes need to run it.
 
-Ray loads it in each proxy actor from the environment of that node's `ray start`:
+Ray loads the middleware from the environment of each node's `ray start` (`proxy_env`):
 
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxy_hooks:proxy_middlewares
     ASR_MAX_UPLOAD_BYTES=104923136   # the YAML's limits.max_upload_bytes + 64 KiB of multipart
+    RAY_SERVE_ENABLE_HA_PROXY=1      # HAProxy, not Ray's Python proxy, takes the HTTP port
 
-Why in the proxy: Ray Serve 2.60's proxy reads a request body off the socket as fast as the
-client sends it and queues every piece in memory (`HTTPProxy.proxy_asgi_receive` into an
-unbounded `MessageQueue`) until the replica pulls it; the replica queues it again
-(`ASGIReceiveProxy.fetch_until_disconnect`) whether or not the app reads it. The ingress's
-own limit (serve_app/upload.py) is the second line; the size is enforced here, where the
-body is first seen. Per HTTP request the middleware:
+With `RAY_SERVE_ENABLE_HA_PROXY=1` (what the project ships) HAProxy, bundled with
+ray[serve], listens on the HTTP port and forwards each connection to an ingress replica's
+own HTTP server (Ray's "direct ingress"), which runs this middleware. Without it, Ray's
+Python proxy actor takes the port, runs the middleware and relays every request to a
+replica through actor calls: on a 2-core machine that costs about 7 ms per request and
+10 ms per 300 KB of body (docs/performance.md, "The HTTP ingress"). The middleware behaves
+the same in both places.
+
+Why before the app: Ray Serve 2.60 reads a request body off the socket as fast as the
+client sends it and queues every piece in memory whether or not the app reads it: the
+Python proxy (`HTTPProxy.proxy_asgi_receive` into an unbounded `MessageQueue`) and then the
+replica (`ASGIReceiveProxy.fetch_until_disconnect`), or behind HAProxy the replica's own
+server (`ASGIDIReceiveProxy`). The ingress's own limit (serve_app/upload.py) is the second
+line; the size is enforced here, where Ray first sees the body. Per HTTP request the
+middleware:
 
 1. refuses a body over the limit with 413 `file_too_large`: at once when Content-Length
    declares it, else as soon as the streamed bytes pass it. It then tells the proxy the
@@ -32,6 +43,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from starlette.middleware import Middleware
 
@@ -44,6 +56,9 @@ logger = logging.getLogger("ray.serve")
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK_PATH = "serve_app.proxy_hooks:proxy_middlewares"
 MAX_BODY_ENV = "ASR_MAX_UPLOAD_BYTES"
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_MAX_SOCKET_PATH = 97
+HAPROXY_NODE_DIR_CHARS = 57  # "/" + a Ray node id (56 hex digits)
 DEFAULT_MAX_BODY_BYTES = (
     LimitSettings.model_fields["max_upload_bytes"].default + MULTIPART_OVERHEAD_BYTES
 )
@@ -73,7 +88,31 @@ def max_body_bytes_from_env(environ: Mapping[str, str] = os.environ) -> int:
 
 def proxy_env(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, str]:
     """What the environment of `ray start` (or of a local `ray.init`) must hold."""
-    return {CALLBACK_ENV: CALLBACK_PATH, MAX_BODY_ENV: str(max_body_bytes)}
+    return {CALLBACK_ENV: CALLBACK_PATH, MAX_BODY_ENV: str(max_body_bytes), HAPROXY_ENV: "1"}
+
+
+def private_haproxy_env(directory: Path, stats_port: int, metrics_port: int) -> dict[str, str]:
+    """HAProxy's files and ports for a Ray instance that shares its machine with others
+    (tests, the benchmark). Ray 2.60 keeps HAProxy's config, sockets and server state under
+    one fixed directory and binds fixed stats and metrics ports, so a second instance would
+    overwrite the first one's config and fail to bind. Ray puts the files one directory
+    further down, named by the node's id, and HAProxy takes socket paths of at most 97
+    characters, so `directory` must be short."""
+    longest = len(str(directory)) + HAPROXY_NODE_DIR_CHARS + len("/metrics.sock")
+    if longest > HAPROXY_MAX_SOCKET_PATH:
+        raise ValueError(f"{directory} is too long for HAProxy's socket paths "
+                         f"({longest} > {HAPROXY_MAX_SOCKET_PATH} characters)")
+    files = {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    }
+    env = {name: str(directory / file) for name, file in files.items()}
+    env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(directory)
+    env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(stats_port)
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(metrics_port)
+    return env
 
 
 def proxy_middlewares() -> list[Middleware]:

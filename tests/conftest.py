@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -56,10 +58,14 @@ def ray_instance() -> Iterator[dict]:
     import ray
     from ray import serve
 
-    from serve_app.proxy_hooks import proxy_env
+    from serve_app.proxy_hooks import private_haproxy_env, proxy_env
 
-    # The proxy actor reads these when it starts; Ray's processes inherit the driver's env.
+    # HAProxy and the ingress replicas read these when they start; Ray's processes inherit
+    # the driver's environment.
     os.environ.update(proxy_env())
+    haproxy_stats_port = free_port()
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="hap-"))  # short: HAProxy's socket paths
+    os.environ.update(private_haproxy_env(haproxy_dir, haproxy_stats_port, free_port()))
     metrics_port = free_port()
     ray.init(
         address="local",
@@ -69,10 +75,11 @@ def ray_instance() -> Iterator[dict]:
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
     )
     try:
-        yield {"metrics_port": metrics_port}
+        yield {"metrics_port": metrics_port, "haproxy_stats_port": haproxy_stats_port}
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 TEST_BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}

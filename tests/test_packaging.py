@@ -31,3 +31,16 @@ def test_image_runs_the_production_config_as_a_non_root_user() -> None:
 def test_weights_and_local_state_stay_out_of_the_build_context() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"models", ".venv", ".git"} <= set(ignored)
+
+
+def test_every_way_of_starting_ray_sets_the_ingress_environment() -> None:
+    """What proxy_env() gives the tests' Ray (HAProxy in front, the proxy guard and its
+    body cap) is what the image, `make serve` and deploy/cluster.sh give a real one."""
+    from serve_app.proxy_hooks import proxy_env
+
+    makefile = (ROOT / "Makefile").read_text()
+    cluster = (ROOT / "deploy" / "cluster.sh").read_text()
+    for name, value in proxy_env().items():
+        assert f"{name}={value}" in DOCKERFILE, name
+        assert f"serve: export {name} = {value}" in makefile, name
+        assert f'export {name}="${{{name}:-{value}}}"' in cluster, name

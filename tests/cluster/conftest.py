@@ -24,8 +24,8 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from serve_app.proxy_hooks import proxy_env
-from tests.conftest import READY_DEADLINE_S, wait_until
+from serve_app.proxy_hooks import private_haproxy_env, proxy_env
+from tests.conftest import READY_DEADLINE_S, free_port, wait_until
 from tests.speech import SAMPLE_RATE, SpeechFixture, load_fixture, load_speech_fixtures
 
 # One private, short temp dir for every cluster of this run (Unix socket paths under it must
@@ -37,9 +37,11 @@ os.environ["RAY_TMPDIR"] = str(PRIVATE_TMP)
 # user's home; these clusters are private to the test and bound to 127.0.0.1, so opt out.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# The proxy guard (serve_app/proxy_hooks.py), as `make serve` and the main suite run it: each
-# node's processes, the Serve proxy among them, inherit this environment.
+# HAProxy in front and the proxy guard (serve_app/proxy_hooks.py), as `make serve` and the
+# main suite run them: each node's processes inherit this environment. HAProxy's files and
+# ports are this run's own.
 os.environ.update(proxy_env())
+os.environ.update(private_haproxy_env(PRIVATE_TMP / "h", free_port(), free_port()))
 atexit.register(shutil.rmtree, PRIVATE_TMP, ignore_errors=True)
 
 # Above the time budget of every request sent here (LimitSettings.timeout_for: 480 s for the
