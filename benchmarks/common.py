@@ -54,6 +54,8 @@ def machine_info() -> dict:
     import ray
     import torch
 
+    from serve_app.proxy_hooks import HAPROXY_ENV, proxy_env
+
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
@@ -63,6 +65,8 @@ def machine_info() -> dict:
         "ray": ray.__version__,
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # What LocalService's Ray puts on the HTTP port (serve_app/proxy_hooks.py).
+        "http_ingress": "haproxy" if proxy_env().get(HAPROXY_ENV) == "1" else "ray proxy",
     }
 
 
@@ -361,7 +365,8 @@ class LocalService:
     ROLES = {  # actor class name -> role in the report
         "ServeReplica:asr:ASRIngress": "ingress",
         "ServeReplica:asr:ASRModel": "model",
-        "ProxyActor": "proxy",
+        "ProxyActor": "proxy",  # behind HAProxy, only its fallback
+        "HAProxyManager": "haproxy",  # measured as its HAProxy process (actor_pids)
     }
 
     def __init__(self, user_config: dict | None = None) -> None:
@@ -498,8 +503,20 @@ def actor_pids(address: str | None, roles: dict[str, str]) -> dict[str, int]:
             while key in pids:
                 n += 1
                 key = f"{role}-{n}"
-            pids[key] = int(actor["pid"])
+            pid = int(actor["pid"])
+            pids[key] = (_haproxy_child(pid) or pid) if role == "haproxy" else pid
     return pids
+
+
+def _haproxy_child(manager_pid: int) -> int | None:
+    """The HAProxy process that Ray's HAProxyManager actor runs, which does the work."""
+    import psutil
+
+    try:
+        children = psutil.Process(manager_pid).children()
+    except psutil.Error:
+        return None
+    return next((c.pid for c in children if c.name() == "haproxy"), None)
 
 
 def rss_mb(pids: dict[str, int]) -> dict[str, float | None]:
