@@ -54,8 +54,6 @@ def machine_info() -> dict:
     import ray
     import torch
 
-    from serve_app.proxy_hooks import HAPROXY_ENV, proxy_env
-
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
@@ -65,8 +63,6 @@ def machine_info() -> dict:
         "ray": ray.__version__,
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        # What LocalService's Ray puts on the HTTP port (serve_app/proxy_hooks.py).
-        "http_ingress": "haproxy" if proxy_env().get(HAPROXY_ENV) == "1" else "ray proxy",
     }
 
 
@@ -366,7 +362,6 @@ class LocalService:
         "ServeReplica:asr:ASRIngress": "ingress",
         "ServeReplica:asr:ASRModel": "model",
         "ProxyActor": "proxy",  # behind HAProxy, only its fallback
-        "HAProxyManager": "haproxy",  # measured as its HAProxy process (actor_pids)
     }
 
     def __init__(self, user_config: dict | None = None) -> None:
@@ -386,7 +381,7 @@ class LocalService:
         # A short path of our own: Ray's socket paths must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="asr-bench-")
         os.environ.update(proxy_env())  # Ray's processes inherit the driver's environment
-        os.environ.update(private_haproxy_env(Path(self._temp_dir), free_port(), free_port()))
+        os.environ.update(private_haproxy_env(Path(self._temp_dir), free_port))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         context = ray.init(
             address="local",
@@ -503,20 +498,8 @@ def actor_pids(address: str | None, roles: dict[str, str]) -> dict[str, int]:
             while key in pids:
                 n += 1
                 key = f"{role}-{n}"
-            pid = int(actor["pid"])
-            pids[key] = (_haproxy_child(pid) or pid) if role == "haproxy" else pid
+            pids[key] = int(actor["pid"])
     return pids
-
-
-def _haproxy_child(manager_pid: int) -> int | None:
-    """The HAProxy process that Ray's HAProxyManager actor runs, which does the work."""
-    import psutil
-
-    try:
-        children = psutil.Process(manager_pid).children()
-    except psutil.Error:
-        return None
-    return next((c.pid for c in children if c.name() == "haproxy"), None)
 
 
 def rss_mb(pids: dict[str, int]) -> dict[str, float | None]:

@@ -16,9 +16,9 @@ ports and stops it at the end. The mix, drawn at random with a fixed seed:
 It stops sending after --duration seconds or --max-requests requests, whichever comes
 first, and waits for the requests already sent. Every request is counted by status; "lost"
 means no response at all (connection error or client timeout). The resident memory of the
-ingress replica, the model replicas, HAProxy and Ray's proxy actor (HAProxy's fallback) is
-sampled every --sample-every seconds; growth is end minus start. The JSON goes to
-benchmarks/results/soak-<time>.json.
+ingress replica, the model replicas and Ray's proxy actor (behind HAProxy, only its
+fallback) is sampled every --sample-every seconds; growth is end minus start. The JSON goes
+to benchmarks/results/soak-<time>.json.
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@
 #   8265  dashboard and Serve REST API: bound to 127.0.0.1 here; reach it with an SSH tunnel
 #         (ssh -N -L 8265:127.0.0.1:8265 HEAD) to deploy from elsewhere.
 #   8080  metrics export on every node: scraped by Prometheus (deploy/prometheus/).
-#   8000  Serve HTTP on every node (proxy_location: EveryNode): the only port a load
+#   8000  Serve HTTP on every node (HAProxy; proxy_location: EveryNode): the only port a load
 #         balancer should reach.
+#   30000-31000  the ingress replicas' own HTTP servers, which HAProxy forwards to.
+#   8500  Ray's fallback proxy on the head (HAProxy's backup while no ingress replica is up).
+#   8404, 9101  HAProxy's statistics page and Prometheus exporter on every node.
 #
 # Ray token authentication (Ray >= 2.52) is on: RAY_AUTH_MODE=token on every node and for
 # `serve deploy`. `head` creates the token (~/.ray/auth_token) if there is none; give the

@@ -12,7 +12,7 @@ ray[serve], listens on the HTTP port and forwards each connection to an ingress 
 own HTTP server (Ray's "direct ingress"), which runs this middleware. Without it, Ray's
 Python proxy actor takes the port, runs the middleware and relays every request to a
 replica through actor calls: on a 2-core machine that costs about 7 ms per request and
-10 ms per 300 KB of body (docs/performance.md, "The HTTP ingress"). The middleware behaves
+10 ms per 400 KB of body (docs/performance.md, "The HTTP ingress"). The middleware behaves
 the same in both places.
 
 Why before the app: Ray Serve 2.60 reads a request body off the socket as fast as the
@@ -42,7 +42,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from starlette.middleware import Middleware
@@ -57,7 +57,9 @@ CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK_PATH = "serve_app.proxy_hooks:proxy_middlewares"
 MAX_BODY_ENV = "ASR_MAX_UPLOAD_BYTES"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
-HAPROXY_MAX_SOCKET_PATH = 97
+# 107 (sun_path) - len(".4194304.tmp"), the largest Linux pid: what HAProxy appends to the
+# admin socket's path while it binds it.
+HAPROXY_MAX_SOCKET_PATH = 95
 HAPROXY_NODE_DIR_CHARS = 57  # "/" + a Ray node id (56 hex digits)
 DEFAULT_MAX_BODY_BYTES = (
     LimitSettings.model_fields["max_upload_bytes"].default + MULTIPART_OVERHEAD_BYTES
@@ -91,14 +93,19 @@ def proxy_env(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, str]:
     return {CALLBACK_ENV: CALLBACK_PATH, MAX_BODY_ENV: str(max_body_bytes), HAPROXY_ENV: "1"}
 
 
-def private_haproxy_env(directory: Path, stats_port: int, metrics_port: int) -> dict[str, str]:
-    """HAProxy's files and ports for a Ray instance that shares its machine with others
-    (tests, the benchmark). Ray 2.60 keeps HAProxy's config, sockets and server state under
-    one fixed directory and binds fixed stats and metrics ports, so a second instance would
-    overwrite the first one's config and fail to bind. Ray puts the files one directory
-    further down, named by the node's id, and HAProxy takes socket paths of at most 97
-    characters, so `directory` must be short."""
-    longest = len(str(directory)) + HAPROXY_NODE_DIR_CHARS + len("/metrics.sock")
+def private_haproxy_env(directory: Path, free_port: Callable[[], int]) -> dict[str, str]:
+    """HAProxy's ports and files for a Ray instance that shares its machine with others
+    (tests, the benchmark, beside a developer's `make serve`).
+
+    Ray 2.60 binds fixed ports in HAProxy mode: HAProxy's statistics (8404) and Prometheus
+    exporter (9101), and the fallback Python proxy that HAProxy uses as a backup server
+    (8500); a second instance could not bind them. Its files (config, admin socket, state)
+    go under `directory`, so nothing is left in a shared /tmp/haproxy-serve and the
+    processes carry the instance's own path (tests stop leftovers by it). Ray adds a folder
+    named by the node's id below `directory`, and HAProxy refuses socket paths that, with
+    the ".<pid>.tmp" it appends while binding, pass 107 characters, so `directory` must be
+    short."""
+    longest = len(str(directory)) + HAPROXY_NODE_DIR_CHARS + len("/admin.sock")
     if longest > HAPROXY_MAX_SOCKET_PATH:
         raise ValueError(f"{directory} is too long for HAProxy's socket paths "
                          f"({longest} > {HAPROXY_MAX_SOCKET_PATH} characters)")
@@ -110,8 +117,9 @@ def private_haproxy_env(directory: Path, stats_port: int, metrics_port: int) -> 
     }
     env = {name: str(directory / file) for name, file in files.items()}
     env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(directory)
-    env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(stats_port)
-    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(metrics_port)
+    for port in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
+        env[port] = str(free_port())
     return env
 
 

@@ -45,10 +45,15 @@ def test_haproxy_forwards_requests_to_the_ingress_replica(service: str, ray_inst
     assert after - before == 3
 
 
-def test_private_haproxy_files_need_a_short_directory() -> None:
-    env = private_haproxy_env(Path("/tmp/hap-abc"), 18404, 19101)
+def test_private_haproxy_env_gives_own_ports_and_a_short_directory() -> None:
+    ports = iter([18404, 19101, 18500])
+    env = private_haproxy_env(Path("/tmp/hap-abc"), lambda: next(ports))
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/tmp/hap-abc/admin.sock"
-    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
-    # Ray adds a 56-character node id below it; HAProxy refuses sockets over 97 characters.
+    # Every port Ray 2.60 binds in HAProxy mode, besides the HTTP port and the replicas'.
+    assert {env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"],
+            env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]} == {"18404", "19101", "18500"}
+    # Ray adds "/" + a 56-character node id below it; with the ".<pid>.tmp" HAProxy adds
+    # while binding, the admin socket's path must stay within 95 characters.
+    private_haproxy_env(Path("/tmp") / ("x" * 22), lambda: 1)  # 5 + 22 + 57 + 11 = 95
     with pytest.raises(ValueError, match="too long"):
-        private_haproxy_env(Path("/tmp") / ("x" * 30), 18404, 19101)
+        private_haproxy_env(Path("/tmp") / ("x" * 23), lambda: 1)

@@ -363,6 +363,7 @@ def test_404_outside_every_route(service: str) -> None:
     host = urlparse(service).netloc
     response, _ = raw_request(service, f"OPTIONS * HTTP/1.1\r\nHost: {host}\r\n\r\n")
     assert response.status == 404
+    assert response.getheader("content-type") == "text/plain"
 
 
 def test_ray_timeout_is_json_408(service: str) -> None:

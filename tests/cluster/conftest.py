@@ -41,7 +41,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # main suite run them: each node's processes inherit this environment. HAProxy's files and
 # ports are this run's own.
 os.environ.update(proxy_env())
-os.environ.update(private_haproxy_env(PRIVATE_TMP / "h", free_port(), free_port()))
+os.environ.update(private_haproxy_env(PRIVATE_TMP / "h", free_port))
 atexit.register(shutil.rmtree, PRIVATE_TMP, ignore_errors=True)
 
 # Above the time budget of every request sent here (LimitSettings.timeout_for: 480 s for the

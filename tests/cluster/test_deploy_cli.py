@@ -26,6 +26,7 @@ import psutil
 import pytest
 import yaml
 
+from serve_app.proxy_hooks import private_haproxy_env
 from tests.cluster.conftest import PRIVATE_TMP, Load, describe, outcome, wait_model
 from tests.conftest import READY_DEADLINE_S, free_port, local_config, wait_until
 
@@ -47,6 +48,8 @@ class Head:
             "RAY_AUTH_MODE": "disabled",
             # Nothing to drain at teardown; stop at once.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            # HAProxy's own ports, and files under our temp dir: stop() finds it by that path.
+            **private_haproxy_env(self.temp_dir / "h", free_port),
         }
         self.log_path = self.temp_dir / "ray-start.log"
         self._log = self.log_path.open("w")
