@@ -31,14 +31,16 @@ class Utterance:
 def load_eval_set(directory: Path) -> list[Utterance]:
     import librosa
 
-    from serve_app.chunking import split_into_chunks
+    from serve_app.chunking import speech_chunks
+    from serve_app.speech import SpeechDetector
 
+    detector = SpeechDetector()
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
     items = []
     for name, text in manifest.items():
         audio, _ = librosa.load(directory / name, sr=SAMPLE_RATE, mono=True)
         audio = audio.astype(np.float32)
-        chunks = [audio[c.start : c.end] for c in split_into_chunks(audio)]
+        chunks = [c.samples(audio) for c in speech_chunks(audio, detector)]
         items.append(Utterance(name, chunks, text))
     return items
 

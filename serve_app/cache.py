@@ -1,7 +1,8 @@
 """A bounded, expiring LRU cache of transcriptions, keyed by content hash.
 
 The key is sha256 of the raw uploaded bytes (computed before decoding, so a hit skips the
-decoder and the model), the model id, and every parameter that changes the output. The
+decoder and the model), the model id, every parameter that changes the output (decoding
+and speech detection), and the pipeline's version. The
 cache is per ingress replica and bounded by bytes, not entries: one hour-long transcript
 weighs as much as hundreds of short ones.
 """
@@ -17,15 +18,25 @@ from dataclasses import asdict
 from typing import Callable
 
 from serve_app.backends.base import DecodeOptions
+from serve_app.speech import SpeechOptions
 from serve_app.transcript import Transcription
+
+# Changes whenever the same request would come out differently, so entries stored by an
+# older pipeline are never served. 2: the speech detector replaced the loudness guard.
+PIPELINE_VERSION = 2
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def cache_key(audio_sha256: str, model_id: str, options: DecodeOptions) -> str:
-    params = json.dumps(asdict(options), sort_keys=True)
+def cache_key(
+    audio_sha256: str, model_id: str, options: DecodeOptions, speech: SpeechOptions
+) -> str:
+    params = json.dumps(
+        {"decode": asdict(options), "speech": asdict(speech), "pipeline": PIPELINE_VERSION},
+        sort_keys=True,
+    )
     return hashlib.sha256(f"{audio_sha256}|{model_id}|{params}".encode()).hexdigest()
 
 

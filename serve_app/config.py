@@ -177,6 +177,35 @@ class CacheSettings(_Strict):
     )
 
 
+class SpeechSettings(_Strict):
+    """The speech detector (Silero VAD v6 on onnxruntime) and its per-request defaults.
+
+    One detector decides what is speech for the silence guard, the split of long audio at
+    pauses and live turns. Requests may override the defaults with `vad_*` form fields.
+    """
+
+    model_path: str | None = Field(
+        None, description="ONNX file of a Silero VAD v6 export; None uses the bundled one."
+    )
+    filter: bool = Field(
+        True,
+        description="Skip audio without speech before the model (the silence guard). "
+        "Requests turn it off with vad_filter=false (music, singing).",
+    )
+    threshold: float = Field(
+        0.5, ge=0.05, le=0.95, description="Speech probability at which speech starts."
+    )
+    min_silence_duration_ms: int = Field(
+        300, ge=0, le=10_000, description="A pause this long ends a stretch of speech."
+    )
+    speech_pad_ms: int = Field(
+        200, ge=0, le=2_000, description="Audio kept before and after each stretch of speech."
+    )
+    min_speech_duration_ms: int = Field(
+        100, ge=0, le=10_000, description="Shorter bursts (clicks, bumps) are not speech."
+    )
+
+
 class AppArgs(_Strict):
     """The `args:` of the application in `configs/*.yaml` (see `serve_app.app.build_app`)."""
 
@@ -185,6 +214,7 @@ class AppArgs(_Strict):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    speech: SpeechSettings = Field(default_factory=SpeechSettings)
     readiness_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long /readyz waits for the model's ready() answer."
     )

@@ -8,6 +8,7 @@ float32 arrays of at most 30 s, so chunks from every request batch together.
 # that Serve rebinds, or it mistakes `request: Request` for a body field.
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -22,14 +23,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from serve_app.audio import SAMPLE_RATE
 from serve_app.auth import APIKeyChecker, load_api_keys
 from serve_app.backends.base import DecodeOptions
 from serve_app.config import AppArgs
 from serve_app.errors import APIError, from_http_status, invalid_parameter
 from serve_app.formats import render, render_body
 from serve_app.metrics import IngressMetrics
-from serve_app.openapi import BATCH_REQUEST_BODY, ERROR_RESPONSES, TRANSCRIPTION_REQUEST_BODY
-from serve_app.params import TranscriptionParams, check_model, parse_params
+from serve_app.openapi import (
+    BATCH_REQUEST_BODY,
+    ERROR_RESPONSES,
+    SPEECH_TIMESTAMPS_REQUEST_BODY,
+    TRANSCRIPTION_REQUEST_BODY,
+)
+from serve_app.params import SpeechParams, TranscriptionParams, check_model, parse_params
+from serve_app.speech import SpeechDetector, SpeechOptions
 from serve_app.transcriber import Job, Transcriber
 from serve_app.upload import Upload, read_upload, read_uploads
 from serve_app.webpage import PAGE_HTML
@@ -157,7 +165,9 @@ class ASRIngress:
         self._args = AppArgs.model_validate(args)
         self.metrics = IngressMetrics()
         self.auth = APIKeyChecker(load_api_keys(self._args.auth))
-        self._transcriber = Transcriber(model, self._args, self.metrics)
+        # Loaded here, once per replica; a failure makes /readyz say why instead of crashing.
+        self.speech = SpeechDetector(self._args.speech.model_path)
+        self._transcriber = Transcriber(model, self._args, self.metrics, self.speech)
         self._model_info: dict | None = None
         api.state.ingress = self  # the middleware runs outside the route's instance
         logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
@@ -174,15 +184,22 @@ class ASRIngress:
 
     @api.get(
         "/readyz",
-        summary="Readiness: a model replica is loaded, warmed up and answering.",
+        summary="Readiness: the speech detector is loaded and a model replica is warmed up "
+        "and answering.",
         responses={503: ERROR_RESPONSES[503]},
     )
     async def readyz(self) -> JSONResponse:
+        if not self.speech.ready:
+            return APIError(
+                503, "not_ready", f"The speech detector failed to load: {self.speech.error}"
+            ).response()
         try:
             info = await self._fetch_model_info()
         except APIError as exc:
             return exc.response()
-        return JSONResponse({"status": "ready", "model": info})
+        return JSONResponse(
+            {"status": "ready", "model": info, "speech_detector": self.speech.describe()}
+        )
 
     async def _fetch_model_info(self, timeout_s: float | None = None) -> dict:
         try:
@@ -240,12 +257,12 @@ class ASRIngress:
         uploads, fields = await read_uploads(
             request, self._args.limits.max_upload_bytes, self._args.limits.max_files_per_batch
         )
-        params, options = await self._validated(fields, "transcribe")
+        params, options, speech = await self._validated(fields, "transcribe")
         if params.stream:
             raise invalid_parameter("stream", "Streaming is not available for batches.")
         no_store = _no_store(request)
         outcomes = await asyncio.gather(
-            *(self._transcribe(u, options, request, no_store) for u in uploads),
+            *(self._transcribe(u, options, speech, request, no_store) for u in uploads),
             return_exceptions=True,
         )
         results = []
@@ -261,21 +278,56 @@ class ASRIngress:
             results.append(item)
         return JSONResponse({"object": "list", "data": results})
 
+    @api.post(
+        "/v1/audio/speech-timestamps",
+        summary="Where the speech is: segments found by the speech detector, no model call.",
+        openapi_extra={"requestBody": SPEECH_TIMESTAMPS_REQUEST_BODY},
+        responses={k: v for k, v in ERROR_RESPONSES.items() if k not in (404, 500)},
+    )
+    async def speech_timestamps(self, request: Request) -> JSONResponse:
+        upload = await read_upload(request, self._args.limits.max_upload_bytes)
+        speech = parse_params(upload.fields, SpeechParams).speech_options(self._args.speech)
+        speech = dataclasses.replace(speech, enabled=True)  # vad_filter=false makes no sense here
+        self._transcriber.check_detector(speech)
+        audio, reservation = await self._transcriber.decode_and_admit(upload.data)
+        try:
+            duration = audio.size / SAMPLE_RATE
+            request.state.audio_seconds += duration
+            analysis = await self._transcriber.find_speech(audio, speech)
+        finally:
+            reservation.release()
+        segments = [
+            {"start": round(start / SAMPLE_RATE, 3), "end": round(end / SAMPLE_RATE, 3)}
+            for start, end in analysis.segments
+        ]
+        return JSONResponse(
+            {
+                "object": "speech_timestamps",
+                "duration": round(duration, 3),
+                "speech_duration": round(analysis.speech_samples / SAMPLE_RATE, 3),
+                "segments": segments,
+            }
+        )
+
     async def _handle(self, request: Request, task: str) -> Response:
         upload = await read_upload(request, self._args.limits.max_upload_bytes)
-        params, options = await self._validated(upload.fields, task)
+        params, options, speech = await self._validated(upload.fields, task)
         if params.stream:
-            return await self._stream(upload, options, request)
+            return await self._stream(upload, options, speech, request)
         transcription, cache_hit = await self._transcribe(
-            upload, options, request, _no_store(request)
+            upload, options, speech, request, _no_store(request)
         )
         response = render(transcription, params.response_format, task)
         response.headers["X-Cache"] = "hit" if cache_hit else "miss"
         response.headers["X-Audio-Duration"] = f"{transcription.duration:.3f}"
         return response
 
-    async def _validated(self, fields: list, task: str) -> tuple[TranscriptionParams, DecodeOptions]:
+    async def _validated(
+        self, fields: list, task: str
+    ) -> tuple[TranscriptionParams, DecodeOptions, SpeechOptions]:
         params = parse_params(fields)
+        speech = params.speech_options(self._args.speech)
+        self._transcriber.check_detector(speech)
         check_model(params.model, self._args.model.accepts, self._args.model.name)
         # A new ingress replica learns the model's abilities on its first request; it waits
         # as long as a request may (not the readiness probe's few seconds) for a model
@@ -297,12 +349,19 @@ class ASRIngress:
         options = DecodeOptions(
             language=params.language, task=task, prompt=params.prompt, temperature=params.temperature
         )
-        return params, options
+        return params, options, speech
 
-    async def _transcribe(self, upload: Upload, options: DecodeOptions, request: Request, no_store: bool):
+    async def _transcribe(
+        self,
+        upload: Upload,
+        options: DecodeOptions,
+        speech: SpeechOptions,
+        request: Request,
+        no_store: bool,
+    ):
         """(transcript, cache_hit) for one uploaded file."""
         started = time.monotonic()
-        key = self._transcriber.key_for(upload.data, options, no_store)
+        key = self._transcriber.key_for(upload.data, options, speech, no_store)
         cached = self._transcriber.cached(key)
         if cached is not None:
             request.state.cache_hit = True
@@ -310,7 +369,9 @@ class ASRIngress:
             self.metrics.audio_seconds_transcribed.inc(max(cached.duration, 1e-9))
             return cached, True
         request.state.cache_hit = False
-        job = await self._transcriber.prepare(upload.data, options, request.state.request_id, key)
+        job = await self._transcriber.prepare(
+            upload.data, options, speech, request.state.request_id, key
+        )
         try:
             request.state.audio_seconds += job.duration
             transcription = await self._transcriber.run(job)
@@ -320,10 +381,14 @@ class ASRIngress:
         self.metrics.real_time_factor.observe((time.monotonic() - started) / job.duration)
         return transcription, False
 
-    async def _stream(self, upload: Upload, options: DecodeOptions, request: Request) -> Response:
+    async def _stream(
+        self, upload: Upload, options: DecodeOptions, speech: SpeechOptions, request: Request
+    ) -> Response:
         """OpenAI's transcription events: text deltas as chunks finish, then done."""
-        key = self._transcriber.key_for(upload.data, options, _no_store(request))
-        job = await self._transcriber.prepare(upload.data, options, request.state.request_id, key)
+        key = self._transcriber.key_for(upload.data, options, speech, _no_store(request))
+        job = await self._transcriber.prepare(
+            upload.data, options, speech, request.state.request_id, key
+        )
         request.state.audio_seconds += job.duration
         return StreamingResponse(
             self._events(job, started=time.monotonic()), media_type="text/event-stream",

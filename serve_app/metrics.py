@@ -98,6 +98,19 @@ class IngressMetrics:
             description="Requests refused before transcription, by reason.",
             tag_keys=("reason",),
         )
+        self.speech_seconds = Counter(
+            "asr_speech_seconds_total",
+            description="Seconds of audio the speech detector judged to be speech (padded).",
+        )
+        self.speech_detection_time = Histogram(
+            "asr_speech_detection_seconds",
+            description="Time the speech detector took per file.",
+            boundaries=LATENCY_BOUNDARIES_S,
+        )
+        self.model_chunks = Counter(
+            "asr_model_chunks_total",
+            description="Chunks sent to the model deployment (audio without speech sends none).",
+        )
 
 
 class ModelMetrics:

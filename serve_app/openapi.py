@@ -39,6 +39,22 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     503: _error("overloaded (with Retry-After) or not_ready"),
 }
 
+_SPEECH_PROPERTIES = {
+    "vad_filter": {
+        "type": "boolean",
+        "description": "Skip audio without speech (default from the config: on); false sends "
+        "everything to the model (music, singing).",
+    },
+    "vad_threshold": {"type": "number", "minimum": 0.05, "maximum": 0.95,
+                      "description": "Speech probability at which speech starts (default 0.5)."},
+    "vad_min_silence_duration_ms": {"type": "integer", "minimum": 0, "maximum": 10000,
+                                    "description": "A pause this long ends speech (default 300)."},
+    "vad_speech_pad_ms": {"type": "integer", "minimum": 0, "maximum": 2000,
+                          "description": "Audio kept around speech (default 200)."},
+    "vad_min_speech_duration_ms": {"type": "integer", "minimum": 0, "maximum": 10000,
+                                   "description": "Shorter bursts are not speech (default 100)."},
+}
+
 _FORM_PROPERTIES = {
     "file": {"type": "string", "format": "binary", "description": "The audio file."},
     "model": {"type": "string", "description": "Served model id, short name or alias."},
@@ -48,21 +64,27 @@ _FORM_PROPERTIES = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
     "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
     "stream": {"type": "boolean", "default": False},
+    **_SPEECH_PROPERTIES,
 }
 
-TRANSCRIPTION_REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": _FORM_PROPERTIES, "required": ["file"]}
+def _upload_body(form_properties: dict) -> dict:
+    """One audio file as multipart form or as the raw body with query parameters."""
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": form_properties, "required": ["file"]}
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Raw audio; parameters go in the query string.",
+            },
+            "audio/*": {"schema": {"type": "string", "format": "binary"}},
         },
-        "application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "Raw audio; parameters go in the query string.",
-        },
-        "audio/*": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
+    }
+
+
+TRANSCRIPTION_REQUEST_BODY = _upload_body(_FORM_PROPERTIES)
 
 BATCH_REQUEST_BODY = {
     "required": True,
@@ -83,3 +105,11 @@ BATCH_REQUEST_BODY = {
         }
     },
 }
+
+# vad_filter=false would ask where the speech is without looking: not offered here.
+SPEECH_TIMESTAMPS_REQUEST_BODY = _upload_body(
+    {
+        "file": _FORM_PROPERTIES["file"],
+        **{k: v for k, v in _SPEECH_PROPERTIES.items() if k != "vad_filter"},
+    }
+)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from serve_app.config import SpeechSettings
 from serve_app.errors import APIError, invalid_parameter
 from serve_app.formats import ResponseFormat
+from serve_app.speech import SpeechOptions
 
 # ISO-639-1 codes Whisper knows; GLM-ASR accepts a subset (its backend says which).
 ISO_639_1 = frozenset(
@@ -19,10 +21,35 @@ ISO_639_1 = frozenset(
 MAX_PROMPT_CHARS = 1000  # Whisper reads at most 224 prompt tokens; more is surely a mistake
 
 
-class TranscriptionParams(BaseModel):
-    """The OpenAI `/v1/audio/transcriptions` form fields (file aside)."""
+class SpeechParams(BaseModel):
+    """Speech detection fields (speaches' `vad_filter`, Silero's parameters); unset fields
+    take the config's `speech` defaults."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    vad_filter: bool | None = Field(
+        None, description="false sends all of the audio to the model (music, singing)."
+    )
+    vad_threshold: float | None = Field(None, ge=0.05, le=0.95)
+    vad_min_silence_duration_ms: int | None = Field(None, ge=0, le=10_000)
+    vad_speech_pad_ms: int | None = Field(None, ge=0, le=2_000)
+    vad_min_speech_duration_ms: int | None = Field(None, ge=0, le=10_000)
+
+    def speech_options(self, defaults: SpeechSettings) -> SpeechOptions:
+        def pick(value, default):
+            return default if value is None else value
+
+        return SpeechOptions(
+            enabled=pick(self.vad_filter, defaults.filter),
+            threshold=pick(self.vad_threshold, defaults.threshold),
+            min_silence_ms=pick(self.vad_min_silence_duration_ms, defaults.min_silence_duration_ms),
+            speech_pad_ms=pick(self.vad_speech_pad_ms, defaults.speech_pad_ms),
+            min_speech_ms=pick(self.vad_min_speech_duration_ms, defaults.min_speech_duration_ms),
+        )
+
+
+class TranscriptionParams(SpeechParams):
+    """The OpenAI `/v1/audio/transcriptions` form fields (file aside), plus `vad_*`."""
 
     model: str | None = Field(None, description="Served model id, short name or alias.")
     language: str | None = Field(None, description="ISO-639-1 code of the spoken language.")
@@ -53,12 +80,17 @@ _FIELD_ALIASES = {"timestamp_granularities[]": "timestamp_granularities"}
 _LIST_FIELDS = {"timestamp_granularities"}
 
 
-def parse_params(items: list[tuple[str, Any]]) -> TranscriptionParams:
+P = TypeVar("P", bound=SpeechParams)
+
+
+def parse_params(
+    items: list[tuple[str, Any]], model: type[P] = TranscriptionParams  # type: ignore[assignment]
+) -> P:
     """Form or query items -> validated parameters; errors name the offending field."""
     values: dict[str, Any] = {}
     for raw_name, value in items:
         name = _FIELD_ALIASES.get(raw_name, raw_name)
-        if name == "file" or name not in TranscriptionParams.model_fields:
+        if name == "file" or name not in model.model_fields:
             continue
         if not isinstance(value, str):
             raise invalid_parameter(name, f"'{name}' must be a text field, not a file.")
@@ -69,7 +101,7 @@ def parse_params(items: list[tuple[str, Any]]) -> TranscriptionParams:
         else:
             values[name] = value
     try:
-        return TranscriptionParams.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
         param = str(error["loc"][0]) if error["loc"] else None

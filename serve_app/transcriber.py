@@ -1,7 +1,8 @@
 """The transcription pipeline behind the HTTP routes, free of HTTP itself.
 
-bytes → cache lookup → decode → admission → chunks → bounded fan-out to the model
-deployment → results in audio order → merged transcript → cache store. Streaming and
+bytes → cache lookup → decode → admission → speech detection → chunks of speech →
+bounded fan-out to the model deployment → results in audio order → merged transcript →
+cache store. Streaming and
 non-streaming share the same ordered stream of chunk results.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -24,6 +26,7 @@ from serve_app.chunking import Chunk, split_into_chunks
 from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
+from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
 from serve_app.transcript import Transcription, merge_chunk_results
 
 logger = logging.getLogger("ray.serve")
@@ -46,10 +49,17 @@ class Job:
 
 
 class Transcriber:
-    def __init__(self, model: DeploymentHandle, args: AppArgs, metrics: IngressMetrics) -> None:
+    def __init__(
+        self,
+        model: DeploymentHandle,
+        args: AppArgs,
+        metrics: IngressMetrics,
+        detector: SpeechDetector,
+    ) -> None:
         self._model = model
         self._args = args
         self._metrics = metrics
+        self._detector = detector
         self._cache = TranscriptionCache(args.cache.max_bytes, args.cache.ttl_s)
         self._admission = AdmissionController(
             args.admission.max_queued_audio_seconds, args.admission.retry_after_s
@@ -57,12 +67,14 @@ class Transcriber:
 
     # ---- cache --------------------------------------------------------------------
 
-    def key_for(self, data: bytes, options: DecodeOptions, no_store: bool) -> str | None:
+    def key_for(
+        self, data: bytes, options: DecodeOptions, speech: SpeechOptions, no_store: bool
+    ) -> str | None:
         """The cache key (sha256 of the upload: computed once per request), or None when this
         request must neither read nor fill the cache."""
         if no_store or not self._args.cache.enabled or not is_cacheable(options):
             return None
-        return cache_key(content_hash(data), self._args.model.id, options)
+        return cache_key(content_hash(data), self._args.model.id, options, speech)
 
     def cached(self, key: str | None) -> Transcription | None:
         if key is None:
@@ -82,9 +94,17 @@ class Transcriber:
 
     # ---- decode -------------------------------------------------------------------
 
-    async def prepare(
-        self, data: bytes, options: DecodeOptions, request_id: str, key: str | None
-    ) -> Job:
+    def check_detector(self, speech: SpeechOptions) -> None:
+        """503 before any work when the request needs a detector that failed to load."""
+        if speech.enabled and not self._detector.ready:
+            raise APIError(
+                503,
+                "not_ready",
+                f"The speech detector is unavailable: {self._detector.error}",
+                headers={"Retry-After": str(self._args.admission.retry_after_s)},
+            )
+
+    async def decode_and_admit(self, data: bytes) -> tuple[np.ndarray, Reservation]:
         try:
             audio = await asyncio.to_thread(
                 decode_audio, data, self._args.limits.max_audio_seconds
@@ -97,12 +117,32 @@ class Transcriber:
         duration = audio.size / SAMPLE_RATE
         self._metrics.audio_seconds_received.inc(duration)
         try:
-            reservation = self._admission.reserve(duration)
+            return audio, self._admission.reserve(duration)
         except APIError:
             self._metrics.rejections.inc(tags={"reason": "backpressure"})
             raise
+
+    async def find_speech(self, audio: np.ndarray, speech: SpeechOptions) -> SpeechAnalysis:
+        started = time.monotonic()
+        analysis = await asyncio.to_thread(self._detector.analyse, audio, speech)
+        self._metrics.speech_detection_time.observe(time.monotonic() - started)
+        if analysis.speech_samples:  # Ray's counters refuse an increment of 0
+            self._metrics.speech_seconds.inc(analysis.speech_samples / SAMPLE_RATE)
+        return analysis
+
+    async def prepare(
+        self,
+        data: bytes,
+        options: DecodeOptions,
+        speech: SpeechOptions,
+        request_id: str,
+        key: str | None,
+    ) -> Job:
+        self.check_detector(speech)
+        audio, reservation = await self.decode_and_admit(data)
         try:
-            chunks = await asyncio.to_thread(split_into_chunks, audio)
+            analysis = await self.find_speech(audio, speech) if speech.enabled else None
+            chunks = await asyncio.to_thread(split_into_chunks, audio, analysis)
         except BaseException:
             reservation.release()
             raise
@@ -134,8 +174,9 @@ class Transcriber:
 
             async def one(chunk: Chunk) -> ChunkResult:
                 async with in_flight:
+                    self._metrics.model_chunks.inc()
                     return await self._model.transcribe.remote(
-                        job.audio[chunk.start : chunk.end], job.options
+                        chunk.samples(job.audio), job.options
                     )
 
             tasks = [asyncio.ensure_future(one(c)) for c in job.chunks]

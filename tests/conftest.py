@@ -128,6 +128,20 @@ def glm_api_keys_file(model_path: Path) -> Path:
     return model_path.parent / "api_keys.txt"
 
 
+def _tiny_glm_application(name: str, route: str, model_path: Path, num_cpus: float, **args) -> dict:
+    """The tiny GLM-ASR checkpoint served through the same code, with extra `args`."""
+    return {
+        "name": name,
+        "route_prefix": route,
+        "import_path": "serve_app.app:build_app",
+        "args": {"model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]}, **args},
+        "deployments": [
+            {"name": "ASRModel", "ray_actor_options": {"num_cpus": num_cpus}},
+            {"name": "ASRIngress", "ray_actor_options": {"num_cpus": num_cpus}},
+        ],
+    }
+
+
 def tiny_glm_app(model_path: Path) -> dict:
     """A second application serving the tiny GLM-ASR checkpoint through the same code.
 
@@ -137,20 +151,24 @@ def tiny_glm_app(model_path: Path) -> dict:
     """
     keys_file = glm_api_keys_file(model_path)
     keys_file.write_text(f"{GLM_API_KEY}\n")
-    return {
-        "name": "glm",
-        "route_prefix": GLM_ROUTE,
-        "import_path": "serve_app.app:build_app",
-        "args": {
-            "model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]},
-            "auth": {"api_keys_file": str(keys_file)},
-            "admission": {"max_queued_audio_seconds": GLM_MAX_QUEUED_AUDIO_S, "retry_after_s": 1},
-        },
-        "deployments": [
-            {"name": "ASRModel", "ray_actor_options": {"num_cpus": 0.1}},
-            {"name": "ASRIngress", "ray_actor_options": {"num_cpus": 0.1}},
-        ],
-    }
+    return _tiny_glm_application(
+        "glm", GLM_ROUTE, model_path, 0.1,
+        auth={"api_keys_file": str(keys_file)},
+        admission={"max_queued_audio_seconds": GLM_MAX_QUEUED_AUDIO_S, "retry_after_s": 1},
+    )
+
+
+BROKEN_VAD_ROUTE = "/broken-vad"
+
+
+def broken_vad_app(model_path: Path) -> dict:
+    """The tiny GLM-ASR app with a speech detector that cannot load (a corrupt ONNX file):
+    what /readyz and requests say when the ingress lacks its detector."""
+    broken = model_path.parent / "broken_vad.onnx"
+    broken.write_bytes(b"this is not an ONNX model")
+    return _tiny_glm_application(
+        "broken-vad", BROKEN_VAD_ROUTE, model_path, 0.05, speech={"model_path": str(broken)}
+    )
 
 
 def wait_ready(base_url: str) -> None:
@@ -169,14 +187,17 @@ def tiny_glm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def service_urls(ray_instance: dict, demo_model_path: Path, tiny_glm_path: Path) -> dict:
-    """configs/local.yaml (Whisper demo model) at /, the tiny GLM-ASR app at /glm."""
+    """configs/local.yaml (Whisper demo model) at /, the tiny GLM-ASR app at /glm, and the
+    GLM-ASR app without a working speech detector at /broken-vad (never ready)."""
     port = free_port()
     config = local_config(demo_model_path, port)
     config["applications"].append(tiny_glm_app(tiny_glm_path))
+    config["applications"].append(broken_vad_app(tiny_glm_path))
     deploy(config)
     urls = {"whisper": f"http://127.0.0.1:{port}", "glm": f"http://127.0.0.1:{port}{GLM_ROUTE}"}
     for url in urls.values():
         wait_ready(url)
+    urls["broken_vad"] = f"http://127.0.0.1:{port}{BROKEN_VAD_ROUTE}"
     return urls
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from serve_app.backends.base import DecodeOptions
 from serve_app.cache import TranscriptionCache, cache_key, content_hash, is_cacheable
+from serve_app.speech import SpeechOptions
 from serve_app.transcript import Segment, Transcription
 
 
@@ -20,10 +21,26 @@ def test_key_separates_every_output_changing_parameter() -> None:
         DecodeOptions(prompt="names"),
         DecodeOptions(temperature=0.5),
     ]
-    keys = {cache_key(digest, "m", o) for o in variants}
-    keys.add(cache_key(digest, "other-model", DecodeOptions()))
-    keys.add(cache_key(content_hash(b"audio2"), "m", DecodeOptions()))
-    assert len(keys) == len(variants) + 2
+    speech_variants = [
+        SpeechOptions(enabled=False),
+        SpeechOptions(threshold=0.6),
+        SpeechOptions(min_silence_ms=500),
+        SpeechOptions(speech_pad_ms=400),
+        SpeechOptions(min_speech_ms=250),
+    ]
+    keys = {cache_key(digest, "m", o, SpeechOptions()) for o in variants}
+    keys |= {cache_key(digest, "m", DecodeOptions(), s) for s in speech_variants}
+    keys.add(cache_key(digest, "other-model", DecodeOptions(), SpeechOptions()))
+    keys.add(cache_key(content_hash(b"audio2"), "m", DecodeOptions(), SpeechOptions()))
+    assert len(keys) == len(variants) + len(speech_variants) + 2
+
+
+def test_key_changes_with_the_pipeline_version(monkeypatch) -> None:
+    import serve_app.cache
+
+    key = cache_key(content_hash(b"audio"), "m", DecodeOptions(), SpeechOptions())
+    monkeypatch.setattr(serve_app.cache, "PIPELINE_VERSION", serve_app.cache.PIPELINE_VERSION + 1)
+    assert cache_key(content_hash(b"audio"), "m", DecodeOptions(), SpeechOptions()) != key
 
 
 def test_sampling_is_not_cacheable() -> None:

@@ -12,7 +12,8 @@ from serve_app.backends import load_backend, resolve_quantization
 from serve_app.backends.base import DecodeOptions
 from serve_app.backends import int8
 from serve_app.backends.int8 import Int8Linear, pick_kernel, quantize_linear_layers
-from serve_app.chunking import split_into_chunks
+from serve_app.chunking import speech_chunks
+from serve_app.speech import SpeechDetector
 from serve_app.config import ModelSettings
 from tests.speech import LONG_FIXTURE, load_speech_fixtures, word_error_rate
 from tests.tiny_glm_asr import build_tiny_glm_asr
@@ -117,9 +118,10 @@ def test_auto_device_that_lands_on_a_gpu_refuses_int8() -> None:
 def _transcribe(backend, audios) -> list[str]:
     """Each file's text; the long one goes through the service's own chunking."""
     options = DecodeOptions(language="en")
+    detector = SpeechDetector()
     texts = []
     for audio in audios:
-        chunks = [audio[c.start : c.end] for c in split_into_chunks(audio)]
+        chunks = [c.samples(audio) for c in speech_chunks(audio, detector)]
         results = backend.transcribe_batch(chunks, options)
         assert [r.error for r in results] == [None] * len(chunks)
         texts.append(" ".join(r.text for r in results))

@@ -21,7 +21,8 @@ import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.audio import SAMPLE_RATE, decode_audio
-from serve_app.chunking import split_into_chunks
+from serve_app.chunking import speech_chunks
+from serve_app.speech import SpeechDetector
 from tests.speech import load_fixture
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
@@ -260,7 +261,8 @@ def test_metrics_move_by_exactly_what_the_requests_cause(
     clips = fresh_clips()
     decoded = [decode_audio(c, max_seconds=3600) for c in clips]  # what the ingress decodes
     durations = [a.size / SAMPLE_RATE for a in decoded]
-    chunks = sum(len(split_into_chunks(a)) for a in decoded)
+    detector = SpeechDetector()
+    chunks = sum(len(speech_chunks(a, detector)) for a in decoded)
     assert chunks == 3, "the fixtures no longer split as this test expects"
 
     before = settled(metrics_port, BASELINE_DEADLINE_S)
