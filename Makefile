@@ -1,5 +1,6 @@
 # Two commands for a fresh machine with only Python and pip:
 #   make serve   set everything up and run the service on http://127.0.0.1:8000
+#                (CONFIG=configs/<file>.yaml serves another config; default configs/local.yaml)
 #   make test    set everything up and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -8,6 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_LOCAL := torch==2.13.0
 DEMO_MODEL := models/whisper-base
 STAMP := $(VENV)/.installed
+CONFIG ?= configs/local.yaml
 
 .PHONY: setup serve test demo-model bench clean
 
@@ -34,7 +36,7 @@ serve: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH = serve_app.proxy_hooks:
 serve: export ASR_MAX_UPLOAD_BYTES = 104923136
 serve: setup
 	@echo "Starting the service on http://127.0.0.1:8000 (Ctrl-C stops it)"
-	$(VENV)/bin/serve run configs/local.yaml
+	$(VENV)/bin/serve run $(CONFIG)
 
 # tests/cluster start Ray clusters of their own (replica kills, node loss, serve deploy), so
 # they run in a second pytest process once the main suite's Ray instance is gone.

@@ -306,14 +306,27 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict:
 # ---- the service on a private Ray instance --------------------------------------------
 
 
-def local_config(http_port: int, model_path: Path, user_config: dict | None = None) -> dict:
-    """configs/local.yaml on a free port with the demo model's absolute path."""
-    config = copy.deepcopy(yaml.safe_load(CONFIG_PATH.read_text()))
+def local_config(
+    http_port: int,
+    model_path: Path,
+    user_config: dict | None = None,
+    config_path: Path = CONFIG_PATH,
+    autoscaling: dict | None = None,
+) -> dict:
+    """configs/local.yaml (or `config_path`) on a free port with the demo model's absolute
+    path. Without `autoscaling` the model runs at the autoscaler's maximum from the start:
+    throughput runs compare like with like, not whatever the autoscaler happens to hold.
+    With it, the config's autoscaling stays, updated with those values."""
+    config = copy.deepcopy(yaml.safe_load(config_path.read_text()))
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
     app["args"]["model"]["id"] = str(model_path)
+    model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
+    if autoscaling is not None:
+        model["autoscaling_config"].update(autoscaling)
+    elif "autoscaling_config" in model:
+        model["num_replicas"] = model.pop("autoscaling_config")["max_replicas"]
     if user_config is not None:
-        model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
         model["user_config"] = {**model.get("user_config", {}), **user_config}
     return config
 
@@ -356,7 +369,8 @@ class Engine:
 
 
 class LocalService:
-    """configs/local.yaml on a fresh local Ray instance; a context manager."""
+    """configs/local.yaml (or another local config) on a fresh local Ray instance; a
+    context manager."""
 
     ROLES = {  # actor class name -> role in the report
         "ServeReplica:asr:ASRIngress": "ingress",
@@ -364,8 +378,15 @@ class LocalService:
         "ProxyActor": "proxy",  # behind HAProxy, only its fallback
     }
 
-    def __init__(self, user_config: dict | None = None) -> None:
+    def __init__(
+        self,
+        user_config: dict | None = None,
+        config_path: Path = CONFIG_PATH,
+        autoscaling: dict | None = None,
+    ) -> None:
         self.user_config = user_config
+        self.config_path = config_path
+        self.autoscaling = autoscaling  # None: replicas pinned (see local_config)
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self._temp_dir: str | None = None
@@ -396,7 +417,8 @@ class LocalService:
         # Our own dashboard: other local Ray instances may be running beside this one.
         self.dashboard_url = f"http://{context.dashboard_url}"
         try:
-            self._config = local_config(self.http_port, model_path, self.user_config)
+            self._config = local_config(self.http_port, model_path, self.user_config,
+                                        self.config_path, self.autoscaling)
             self._deploy(self._config)
             self.wait_ready()
         except BaseException:

@@ -591,7 +591,8 @@ def main() -> None:
     precision = engine.label
     model_deployment = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     yaml_batching = model_deployment.get("user_config", {})
-    model_replicas = model_deployment.get("num_replicas", 1)
+    model_replicas = model_deployment.get("num_replicas") or model_deployment.get(
+        "autoscaling_config", {}).get("max_replicas", 1)  # pinned there (common.local_config)
 
     info = machine_info()
     print(f"benchmark ({'quick' if plan.quick else 'full'}) on {info['cpus']} CPUs, "

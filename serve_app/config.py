@@ -124,6 +124,14 @@ class LimitSettings(_Strict):
         description="Chunks of one request sent to the model at once; the rest wait, "
         "so one long file never floods the model queue.",
     )
+    replica_loss_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times a chunk is sent again when its model replica dies or is stopped "
+        "under it (kill, node loss, the end of a drain); bounded, so a chunk that itself "
+        "kills replicas is not replayed onto every healthy one.",
+    )
     max_files_per_batch: int = Field(
         16, ge=1, le=256, description="Most files in one /v1/audio/transcriptions/batch call."
     )

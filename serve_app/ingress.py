@@ -37,6 +37,7 @@ from serve_app.openapi import (
     TRANSCRIPTION_REQUEST_BODY,
 )
 from serve_app.params import SpeechParams, TranscriptionParams, check_model, parse_params
+from serve_app.replicas import ModelReplicas
 from serve_app.speech import SpeechDetector, SpeechOptions
 from serve_app.transcriber import Job, Transcriber
 from serve_app.upload import Upload, read_upload, read_uploads
@@ -169,6 +170,7 @@ class ASRIngress:
         self.speech = SpeechDetector(self._args.speech.model_path)
         self._transcriber = Transcriber(model, self._args, self.metrics, self.speech)
         self._model_info: dict | None = None
+        self._replicas = ModelReplicas(serve.get_replica_context().app_name)
         api.state.ingress = self  # the middleware runs outside the route's instance
         logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
 
@@ -185,7 +187,7 @@ class ASRIngress:
     @api.get(
         "/readyz",
         summary="Readiness: the speech detector is loaded and a model replica is warmed up "
-        "and answering.",
+        "and answering, or the model is scaled to zero on purpose.",
         responses={503: ERROR_RESPONSES[503]},
     )
     async def readyz(self) -> JSONResponse:
@@ -193,13 +195,36 @@ class ASRIngress:
             return APIError(
                 503, "not_ready", f"The speech detector failed to load: {self.speech.error}"
             ).response()
+        counts = await self._replicas.counts()
+        body: dict = {
+            "status": "ready",
+            "speech_detector": self.speech.describe(),
+            # This ingress replica's own count (every replica's: asr_chunk_retries_total).
+            "ingress": {"chunk_retries": self._transcriber.chunk_retries},
+        }
+        if counts is not None:
+            body["replicas"] = counts.as_dict()
+            if counts.running == 0:
+                if not counts.at_zero:
+                    return APIError(
+                        503, "not_ready",
+                        f"The model is starting: {counts.starting} of {counts.target} "
+                        "replicas loading.",
+                    ).response()
+                # Scaled to zero on purpose: ready to take a request (which starts a
+                # replica), and asked without one, so probes never wake the pool.
+                body["model"] = {"model_id": self._args.model.id, "scaled_to_zero": True}
+                return JSONResponse(body)
+            if counts.scales_to_zero:
+                # A pool that may idle at zero counts every call as load: RUNNING replicas
+                # have loaded and warmed up, which is what this probe asks.
+                body["model"] = {"model_id": self._args.model.id, "scaled_to_zero": False}
+                return JSONResponse(body)
         try:
-            info = await self._fetch_model_info()
+            body["model"] = await self._fetch_model_info()
         except APIError as exc:
             return exc.response()
-        return JSONResponse(
-            {"status": "ready", "model": info, "speech_detector": self.speech.describe()}
-        )
+        return JSONResponse(body)
 
     async def _fetch_model_info(self, timeout_s: float | None = None) -> dict:
         try:

@@ -107,6 +107,10 @@ class IngressMetrics:
             description="Time the speech detector took per file.",
             boundaries=LATENCY_BOUNDARIES_S,
         )
+        self.chunk_retries = Counter(
+            "asr_chunk_retries_total",
+            description="Chunks sent again because their model replica died or was stopped.",
+        )
         self.model_chunks = Counter(
             "asr_model_chunks_total",
             description="Chunks sent to the model deployment (audio without speech sends none).",

@@ -58,23 +58,32 @@ class ASRModel:
         self._audio_s_run = 0.0  # seconds of audio in the chunks run
         self._padded_s_run = 0.0  # what the model computed on: audio plus padding
         self._int8_kernel: str | None = None
+        # Where this replica's start went (a cold start's parts): torch and the family's
+        # code, weights, INT8 conversion, warm-up; reported by ready() and logged.
+        self._startup: dict[str, float] = {}
         started = time.monotonic()
         self._inference.submit(self._load).result()
+        self._startup["total_s"] = time.monotonic() - started
+        self._startup = {k: round(v, 3) for k, v in self._startup.items()}
         logger.info(
-            "model %s (%s) ready on %s/%s (quantization %s) in %.1f s",
+            "model %s (%s) ready on %s/%s (quantization %s) in %.1f s: %s",
             self._settings.id,
             self._backend.info.family,
             self._device,
             str(self._dtype).removeprefix("torch."),
             self._settings.quantization,
-            time.monotonic() - started,
+            self._startup["total_s"],
+            self._startup,
         )
 
     def _load(self) -> None:
         """Runs on the inference thread, so torch's thread settings apply where it computes."""
+        started = time.monotonic()
         import torch
 
         from serve_app.backends import load_backend, resolve_device, resolve_dtype
+
+        self._startup["torch_import_s"] = time.monotonic() - started
 
         if self._settings.torch_threads:
             torch.set_num_threads(self._settings.torch_threads)
@@ -88,13 +97,16 @@ class ASRModel:
             quantization=self._settings.quantization,
             decode_threads=self._settings.decode_threads,
             encoder_window=self._settings.encoder_window,
+            timings=self._startup,
         )
         if self._settings.quantization == "int8":
             from serve_app.backends.int8 import kernel_in_use
 
             self._int8_kernel = kernel_in_use(self._backend.model)  # it depends on the CPU
         if self._settings.warmup:
+            started = time.monotonic()
             self._warm_up()
+            self._startup["warm_up_s"] = time.monotonic() - started
 
     def _warm_up(self) -> None:
         rng = np.random.default_rng(0)
@@ -128,6 +140,7 @@ class ASRModel:
             "largest_batch": self._largest_batch,
             "audio_s_run": self._audio_s_run,
             "padded_s_run": self._padded_s_run,
+            "startup_s": self._startup,
         }
 
     async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:

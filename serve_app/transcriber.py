@@ -26,6 +26,7 @@ from serve_app.chunking import Chunk, split_into_chunks
 from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
+from serve_app.replica_loss import call_surviving_replica_loss
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
 from serve_app.transcript import Transcription, merge_chunk_results
 
@@ -60,6 +61,7 @@ class Transcriber:
         self._args = args
         self._metrics = metrics
         self._detector = detector
+        self.chunk_retries = 0  # chunks sent again after their replica was lost (/readyz)
         self._cache = TranscriptionCache(args.cache.max_bytes, args.cache.ttl_s)
         self._admission = AdmissionController(
             args.admission.max_queued_audio_seconds, args.admission.retry_after_s
@@ -173,10 +175,18 @@ class Transcriber:
             in_flight = asyncio.Semaphore(self._args.limits.max_chunks_in_flight)
 
             async def one(chunk: Chunk) -> ChunkResult:
-                async with in_flight:
+                samples = chunk.samples(job.audio)
+
+                async def call() -> ChunkResult:
                     self._metrics.model_chunks.inc()
-                    return await self._model.transcribe.remote(
-                        chunk.samples(job.audio), job.options
+                    return await self._model.transcribe.remote(samples, job.options)
+
+                async with in_flight:
+                    return await call_surviving_replica_loss(
+                        call,
+                        self._args.limits.replica_loss_retries,
+                        job.request_id,
+                        on_retry=self._count_retry,
                     )
 
             tasks = [asyncio.ensure_future(one(c)) for c in job.chunks]
@@ -209,6 +219,10 @@ class Transcriber:
                     task.cancel()
         finally:
             job.reservation.release()
+
+    def _count_retry(self) -> None:
+        self.chunk_retries += 1
+        self._metrics.chunk_retries.inc()
 
     def _checked(self, result: ChunkResult, job: Job) -> ChunkResult:
         if result.error:

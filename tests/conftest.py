@@ -99,9 +99,10 @@ def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
     # room and a wait (what local.yaml sets today) instead of following the YAML.
     model = next(d for d in app["deployments"] if d["name"] == "ASRModel")
     model["user_config"] = dict(TEST_BATCHING)
-    # local.yaml runs two model replicas to share 2 cores; the tests read one replica's
-    # totals from /readyz to see what it batched, so they run one. tests/cluster deploys
-    # local.yaml as it is.
+    # local.yaml autoscales one to two model replicas; the tests read one replica's totals
+    # from /readyz to see what it batched, so they run exactly one. tests/cluster deploys
+    # local.yaml's autoscaling as it is.
+    model.pop("autoscaling_config", None)
     model["num_replicas"] = 1
     for section, values in args_overrides.items():
         app["args"].setdefault(section, {}).update(values)

@@ -30,12 +30,15 @@ def test_config_is_valid(path: Path) -> None:
     assert model.max_ongoing_requests >= batching.max_batch_size
 
 
-def test_local_config_runs_on_cpu() -> None:
-    config = ServeDeploySchema.model_validate(yaml.safe_load(Path(CONFIGS[0]).read_text()))
-    assert CONFIGS[0].name == "local.yaml"
+@pytest.mark.parametrize("name", ["local.yaml", "local-scale-to-zero.yaml"])
+def test_local_configs_run_on_cpu_and_autoscale(name: str) -> None:
+    config = ServeDeploySchema.model_validate(yaml.safe_load((CONFIGS[0].parent / name).read_text()))
     for deployment in deployments(config).values():
         assert not deployment.ray_actor_options.num_gpus
     assert AppArgs.model_validate(config.applications[0].args).model.device == "cpu"
+    autoscaling = deployments(config)["ASRModel"].autoscaling_config
+    assert autoscaling["max_replicas"] == 2  # two replicas share the two cores at most
+    assert autoscaling["min_replicas"] == (0 if "zero" in name else 1)
 
 
 def test_prod_config_asks_for_a_gpu_fp16_and_autoscaling() -> None:

@@ -6,6 +6,7 @@ torch and transformers load only when a backend is built inside the model deploy
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from serve_app.backends.base import ASRBackend, BackendInfo, ChunkResult, DecodeOptions
@@ -79,9 +80,20 @@ def load_backend(
     quantization: str = "none",
     decode_threads: int | None = None,
     encoder_window: str = "full",
+    timings: dict[str, float] | None = None,
 ) -> ASRBackend:
+    """The backend of `model_id`'s family; `timings`, when given, receives the seconds spent
+    importing the family's code, loading weights and quantizing (a cold start's parts)."""
+    timings = {} if timings is None else timings
     quantization = resolve_quantization(quantization, device)
     family = detect_family(model_id, revision)
+    started = time.monotonic()
+    if family == "whisper":
+        import serve_app.backends.whisper  # noqa: F401 - torch and transformers' Whisper
+    else:
+        import serve_app.backends.glm_asr  # noqa: F401
+    timings["imports_s"] = time.monotonic() - started
+    started = time.monotonic()
     backend: ASRBackend
     if family == "whisper":
         from serve_app.backends.whisper import WhisperBackend
@@ -101,8 +113,11 @@ def load_backend(
         backend = GlmAsrBackend(
             model_id, device=device, dtype=dtype, revision=revision, encoder_window=encoder_window
         )
+    timings["weights_s"] = time.monotonic() - started
     if quantization == "int8":
         from serve_app.backends.int8 import quantize_linear_layers
 
+        started = time.monotonic()
         quantize_linear_layers(backend.model)
+        timings["int8_s"] = time.monotonic() - started
     return backend

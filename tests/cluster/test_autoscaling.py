@@ -1,0 +1,190 @@
+"""Replicas that follow load, on a Ray instance of our own: the model scales from zero and
+back to it without a probe waking it, scales up under load and down with requests in
+flight, and a replica killed while another lives costs no request.
+
+The model is the tiny GLM-ASR checkpoint (these tests are about what happens around the
+model; it starts in seconds). The configs are configs/local.yaml and
+configs/local-scale-to-zero.yaml as they are, with test-only autoscaling delays of a few
+seconds instead of a minute, and everything polled, never slept on.
+"""
+
+from __future__ import annotations
+
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import (
+    CLIENT_TIMEOUT_S,
+    Load,
+    describe,
+    deploy,
+    long_fixture,
+    outcome,
+    post_audio,
+    readyz,
+    short_fixtures,
+    unique_wav,
+)
+from tests.conftest import READY_DEADLINE_S, REPO_ROOT, free_port, wait_until
+
+# Seconds, not minutes: what the configs' delays become here.
+TEST_AUTOSCALING = {
+    "metrics_interval_s": 0.5,
+    "look_back_period_s": 2,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 3,
+}
+
+
+def config_for(name: str, model_path: Path, port: int, slow_rounds: bool = False,
+               **autoscaling) -> dict:
+    config = copy.deepcopy(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["model"]["id"] = str(model_path)
+    deployments = {d["name"]: d for d in app["deployments"]}
+    model = deployments["ASRModel"]
+    if slow_rounds:
+        # One chunk of a request at a time, each waiting a second for batch mates: a long
+        # request is surely still in flight when something happens to a replica.
+        app["args"]["limits"]["max_chunks_in_flight"] = 1
+        model["user_config"]["batch_wait_timeout_s"] = 1.0
+    if "autoscaling_config" in model:
+        model["autoscaling_config"].update(TEST_AUTOSCALING, **autoscaling)
+    # Small reservations: two model replicas and the ingress fit on two CPUs at once.
+    model["ray_actor_options"] = {"num_cpus": 0.3}
+    deployments["ASRIngress"]["ray_actor_options"] = {"num_cpus": 0.2}
+    return config
+
+
+def model_replicas() -> dict[str, int]:
+    """The model deployment's replicas by state, as `serve status` reports them."""
+    from ray import serve
+
+    status = serve.status().applications["asr"].deployments["ASRModel"]
+    return {str(getattr(k, "value", k)): v for k, v in status.replica_states.items()}
+
+
+def running() -> int:
+    return model_replicas().get("RUNNING", 0)
+
+
+@pytest.fixture(scope="module")
+def http_port() -> Iterator[int]:
+    """One Ray instance and one HTTP port for the module (Serve keeps its first port)."""
+    import ray
+    from ray import serve
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _metrics_export_port=free_port(),
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        yield free_port()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture
+def service(http_port: int, tiny_glm_path: Path):
+    """A function that deploys a config (replacing the last one) and returns its URL."""
+    port = http_port
+
+    def start(name: str, slow_rounds: bool = False, **autoscaling) -> str:
+        config = config_for(name, tiny_glm_path, port, slow_rounds, **autoscaling)
+        deploy(config)
+        base_url = f"http://127.0.0.1:{port}"
+        model = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ASRModel")
+        expected_min = model["autoscaling_config"]["min_replicas"]
+
+        def deployed() -> bool:  # this config in effect, not the one it replaced
+            from ray import serve
+
+            response = readyz(base_url)
+            replicas = response.json().get("replicas", {}) if response.status_code == 200 else {}
+            return (serve.status().applications["asr"].status == "RUNNING"
+                    and replicas.get("min_replicas") == expected_min
+                    and replicas.get("running", -1) >= expected_min)
+
+        wait_until(deployed, READY_DEADLINE_S, what=f"{name} to be deployed and ready")
+        return base_url
+
+    return start
+
+
+def test_scale_to_zero_and_back_without_waking_on_probes(service) -> None:
+    base_url = service("local-scale-to-zero.yaml", downscale_to_zero_delay_s=3)
+    ready = readyz(base_url).json()
+    assert ready["model"]["scaled_to_zero"] is True, ready
+    assert ready["replicas"]["running"] == 0 and ready["replicas"]["scales_to_zero"]
+
+    # Probes at zero answer 200 and never start a replica.
+    for _ in range(10):
+        assert readyz(base_url).status_code == 200
+    assert model_replicas() == {}, model_replicas()
+
+    # The first request waits for a cold start and succeeds: no 503, no timeout.
+    response = post_audio(base_url, unique_wav(short_fixtures()[0]))
+    assert outcome(response) == "ok", describe(response)
+    assert running() == 1
+
+    # Idle again: back to zero, and ready at zero.
+    wait_until(lambda: model_replicas() == {}, 120, what="the model to scale back to zero")
+    assert readyz(base_url).json()["model"]["scaled_to_zero"] is True
+    response = post_audio(base_url, unique_wav(short_fixtures()[1]))
+    assert outcome(response) == "ok", describe(response)
+
+
+def test_scale_up_under_load_and_down_with_requests_in_flight(service) -> None:
+    base_url = service("local.yaml", target_ongoing_requests=1)
+    assert running() == 1
+    heavy = Load(base_url, threads=4).start()
+    try:
+        wait_until(lambda: running() == 2, READY_DEADLINE_S, interval_s=0.5,
+                   what="a second model replica under load")
+    finally:
+        heavy_results = heavy.stop()
+    # Lighter load keeps requests in flight while the autoscaler removes a replica: the
+    # one it stops finishes what it holds (graceful drain) before it goes.
+    light = Load(base_url, threads=1).start()
+    try:
+        wait_until(lambda: model_replicas() == {"RUNNING": 1}, 120, interval_s=0.5,
+                   what="back to one replica")
+        mark = light.count()
+        wait_until(lambda: light.count() >= mark + 2, READY_DEADLINE_S, what="load after scale-down")
+    finally:
+        light_results = light.stop()
+    failed = [describe(r) for r in heavy_results + light_results if outcome(r) != "ok"]
+    assert not failed, f"{len(failed)} requests failed while replicas came and went: {failed}"
+    assert readyz(base_url).json()["replicas"]["max_replicas"] == 2
+
+
+def test_a_killed_replica_costs_no_request_while_another_lives(service) -> None:
+    import ray
+
+    base_url = service("local.yaml", slow_rounds=True,
+                       min_replicas=2, initial_replicas=2, max_replicas=2)
+    wait_until(lambda: running() == 2, READY_DEADLINE_S, what="two model replicas")
+    payloads = [unique_wav(long_fixture(), repeat=3) for _ in range(4)]  # ≥ 5 rounds each
+    payloads += [unique_wav(f) for f in short_fixtures()]
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        futures = [pool.submit(post_audio, base_url, p) for p in payloads]
+        # A short request answered: the model is at work, and the long ones are mid-way.
+        wait_until(lambda: any(f.done() for f in futures), CLIENT_TIMEOUT_S,
+                   interval_s=0.05, what="the load to reach the model")
+        assert not all(f.done() for f in futures), "the load finished before the kill"
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if "ASRModel" in a["name"]]
+        victim = ray.get_actor(names[0], namespace="serve")
+        ray.kill(victim, no_restart=True)
+        results = [f.result(timeout=CLIENT_TIMEOUT_S + 30) for f in futures]
+    failed = [describe(r) for r in results if outcome(r) != "ok"]
+    assert not failed, f"requests lost with the replica: {failed}"
+    # The kill did hit chunks in flight, and they were sent again (not merely lucky timing).
+    assert readyz(base_url).json()["ingress"]["chunk_retries"] >= 1
+    wait_until(lambda: running() == 2, READY_DEADLINE_S, what="the killed replica replaced")
