@@ -473,6 +473,13 @@ class LocalService:
         return _summed(infos) if infos else None
 
     def wait_ready(self) -> dict:
+        if self.autoscaling is not None:
+            # Replicas come and go (maybe none yet): ready is /readyz's 200, no model block.
+            def ready() -> dict | None:
+                response = httpx.get(f"{self.url}/readyz", timeout=30)
+                return response.json() if response.status_code == 200 else None
+
+            return wait_until(ready, READY_DEADLINE_S, what=f"{self.url}/readyz")
         return wait_until(self.model_info, READY_DEADLINE_S, what=f"{self.url}/readyz")
 
     def set_batching(self, **user_config) -> dict:

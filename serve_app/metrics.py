@@ -16,6 +16,7 @@ LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 RTF_BOUNDARIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 RATIO_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+STARTUP_BOUNDARIES_S = [1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600]
 WAIT_BOUNDARIES_S = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 # Ray's metrics agent drops a gauge series that no worker has recorded for two report
 # intervals (2 x 10 s by default): a value set once, say the cache size before a quiet
@@ -141,4 +142,10 @@ class ModelMetrics:
         )
         self.chunk_failures = Counter(
             "asr_chunk_failures_total", description="Chunks whose transcription failed."
+        )
+        self.startup_time = Histogram(
+            "asr_replica_startup_seconds",
+            description="Time a model replica took to load and warm up its model (a cold "
+            "start's own part; Ray's worker and actor start come on top).",
+            boundaries=STARTUP_BOUNDARIES_S,
         )

@@ -65,6 +65,7 @@ class ASRModel:
         self._inference.submit(self._load).result()
         self._startup["total_s"] = time.monotonic() - started
         self._startup = {k: round(v, 3) for k, v in self._startup.items()}
+        self._metrics.startup_time.observe(self._startup["total_s"])
         logger.info(
             "model %s (%s) ready on %s/%s (quantization %s) in %.1f s: %s",
             self._settings.id,
