@@ -1,7 +1,7 @@
 """The autoscaler under a step of load: idle, a step, idle again, one sample a second.
 
     python -m benchmarks.autoscaling                       # a private configs/local.yaml
-    python -m benchmarks.autoscaling --config configs/local-scale-to-zero.yaml
+    python -m benchmarks.autoscaling --config configs/local.yaml configs/local-audio-autoscaling.yaml
     python -m benchmarks.autoscaling --url http://127.0.0.1:8000   # a running service
 
 Every second it records the offered load (requests in flight), the model's replicas as
@@ -186,27 +186,32 @@ def chart(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="a running service (else a private one)")
-    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "local.yaml")
+    parser.add_argument("--config", type=Path, nargs="+",
+                        default=[REPO_ROOT / "configs" / "local.yaml"],
+                        help="one or more configs, each run in turn on the same step")
     parser.add_argument("--idle", type=float, default=20.0)
     parser.add_argument("--step", type=float, default=90.0)
     parser.add_argument("--after", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
 
-    # The config's own autoscaling, as deployed; a private instance keeps it (not pinned).
-    service = nullcontext() if args.url else LocalService(config_path=args.config, autoscaling={})
-    with service as local:
-        url = args.url or local.url
-        result = run(url, args.idle, args.step, args.after, args.clients)
-    summary = summarise(result)
     stamp = timestamp()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = RESULTS_DIR / f"autoscaling-{stamp}.png"
-    chart(result, png)
-    result.pop("latencies_ok")
-    path = write_json("autoscaling", {"config": str(args.config), "summary": summary, **result}, stamp)
-    print(f"summary: {summary}")
-    print(f"wrote {path} and {png}")
+    runs = {}
+    for config in [None] if args.url else args.config:
+        # The config's own autoscaling, as deployed: a private instance keeps it (not pinned).
+        service = nullcontext() if args.url else LocalService(config_path=config, autoscaling={})
+        with service as local:
+            url = args.url or local.url
+            result = run(url, args.idle, args.step, args.after, args.clients)
+        name = config.stem if config else "service"
+        summary = summarise(result)
+        chart(result, RESULTS_DIR / f"autoscaling-{stamp}-{name}.png")
+        result.pop("latencies_ok")
+        runs[name] = {"summary": summary, **result}
+        print(f"{name}: {summary}", flush=True)
+    path = write_json("autoscaling", runs, stamp)
+    print(f"wrote {path} and its PNG timelines")
 
 
 if __name__ == "__main__":

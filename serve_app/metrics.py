@@ -143,6 +143,16 @@ class ModelMetrics:
         self.chunk_failures = Counter(
             "asr_chunk_failures_total", description="Chunks whose transcription failed."
         )
+        self.pending_audio = RefreshedGauge(
+            "asr_model_pending_audio_seconds",
+            description="Seconds of audio a model replica holds, queued or running: what the "
+            "audio-seconds autoscaling policy sums (reported where the deployment autoscales).",
+        )
+        self.audio_rate = RefreshedGauge(
+            "asr_model_audio_seconds_per_second",
+            description="Audio seconds a model replica transcribes per second of model work, "
+            "averaged over recent batches: what the policy divides by.",
+        )
         self.startup_time = Histogram(
             "asr_replica_startup_seconds",
             description="Time a model replica took to load and warm up its model (a cold "

@@ -16,7 +16,8 @@ from dataclasses import asdict
 import numpy as np
 from ray import serve
 
-from serve_app.backends.base import ChunkResult, DecodeOptions
+from serve_app.autoscaling import AUDIO_PENDING, AUDIO_RATE, AudioLoad
+from serve_app.backends.base import SAMPLE_RATE, ChunkResult, DecodeOptions
 from serve_app.batching import (
     BatchHealth,
     ChunkRequest,
@@ -58,6 +59,7 @@ class ASRModel:
         self._audio_s_run = 0.0  # seconds of audio in the chunks run
         self._padded_s_run = 0.0  # what the model computed on: audio plus padding
         self._int8_kernel: str | None = None
+        self._audio_load = AudioLoad()  # what the audio-seconds autoscaling policy reads
         # Where this replica's start went (a cold start's parts): torch and the family's
         # code, weights, INT8 conversion, warm-up; reported by ready() and logged.
         self._startup: dict[str, float] = {}
@@ -147,9 +149,23 @@ class ASRModel:
     async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:
         """One chunk in, one result out; batched with whatever else is waiting."""
         window_s = self._backend.info.window_for(audio.size)
-        return await self._transcribe_batch(
-            ChunkRequest(audio, options, time.monotonic(), window_s=window_s)
-        )
+        audio_s = audio.size / SAMPLE_RATE
+        self._audio_load.arrived(audio_s)
+        try:
+            return await self._transcribe_batch(
+                ChunkRequest(audio, options, time.monotonic(), window_s=window_s)
+            )
+        finally:
+            self._audio_load.finished(audio_s)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Audio held and measured speed, for serve_app.autoscaling.AudioSecondsPolicy
+        (Serve calls this only where the deployment autoscales). The same numbers go to
+        Prometheus, so operators see what the policy acts on."""
+        stats = self._audio_load.stats()
+        self._metrics.pending_audio.set(stats[AUDIO_PENDING])
+        self._metrics.audio_rate.set(stats[AUDIO_RATE])
+        return stats
 
     # Sizes count 30-second windows of audio, not chunks (batching.batch_size_in_windows).
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=batch_size_in_windows)
@@ -169,7 +185,9 @@ class ASRModel:
         results = await asyncio.get_running_loop().run_in_executor(
             self._inference, run_batch, self._backend.transcribe_batch, requests, calls
         )
-        self._metrics.inference_time.observe(time.monotonic() - started)
+        busy_s = time.monotonic() - started
+        self._metrics.inference_time.observe(busy_s)
+        self._audio_load.batch_done(shape.audio_s, busy_s)
         failures = sum(1 for r in results if r.error)
         if failures:
             self._metrics.chunk_failures.inc(failures)

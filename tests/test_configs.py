@@ -30,7 +30,9 @@ def test_config_is_valid(path: Path) -> None:
     assert model.max_ongoing_requests >= batching.max_batch_size
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "local-scale-to-zero.yaml"])
+@pytest.mark.parametrize(
+    "name", ["local.yaml", "local-scale-to-zero.yaml", "local-audio-autoscaling.yaml"]
+)
 def test_local_configs_run_on_cpu_and_autoscale(name: str) -> None:
     config = ServeDeploySchema.model_validate(yaml.safe_load((CONFIGS[0].parent / name).read_text()))
     for deployment in deployments(config).values():

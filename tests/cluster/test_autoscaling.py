@@ -140,8 +140,20 @@ def test_scale_to_zero_and_back_without_waking_on_probes(service) -> None:
     assert outcome(response) == "ok", describe(response)
 
 
-def test_scale_up_under_load_and_down_with_requests_in_flight(service) -> None:
-    base_url = service("local.yaml", target_ongoing_requests=1)
+# Each config's policy, made eager enough that four clients of the tiny model need two
+# replicas: Serve's default on request counts, and the opt-in policy on audio seconds.
+POLICIES = {
+    "local.yaml": {"target_ongoing_requests": 1},
+    "local-audio-autoscaling.yaml": {"policy": {
+        "policy_function": "serve_app.autoscaling:AudioSecondsPolicy",
+        "policy_kwargs": {"target_queue_delay_s": 0.02, "default_audio_s_per_s": 10.0},
+    }},
+}
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_scale_up_under_load_and_down_with_requests_in_flight(service, name: str) -> None:
+    base_url = service(name, **POLICIES[name])
     assert running() == 1
     heavy = Load(base_url, threads=4).start()
     try:

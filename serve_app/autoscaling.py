@@ -1,0 +1,87 @@
+"""Scaling on audio, not request counts: what a model replica reports, and a policy on it.
+
+Serve's default policy divides ongoing requests by `target_ongoing_requests`, so a 30-s
+chunk weighs as much as a 2-s one. Here each model replica reports the seconds of audio it
+holds (queued for a batch or running) and the audio seconds it transcribes per second of
+work, measured batch by batch (`record_autoscaling_stats`, every few seconds). The policy
+asks for enough replicas that the audio held would be done within a target queueing
+delay. Serve then applies the config's delays and bounds, and starts a replica at once
+when requests wait at zero (its cold-start path, before any policy runs).
+
+The policy runs inside the Serve controller, which unpickles it by value: this module
+imports nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+
+AUDIO_PENDING = "audio_s_pending"  # seconds of audio a replica holds, queued or running
+AUDIO_RATE = "audio_s_per_s"  # audio seconds it transcribes per second of model work
+# The weight of each new batch in the throughput average: about the last five batches.
+RATE_SMOOTHING = 0.2
+
+
+class AudioLoad:
+    """A model replica's audio in hand and its measured speed; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending_s = 0.0
+        self._rate: float | None = None
+
+    def arrived(self, audio_s: float) -> None:
+        with self._lock:
+            self._pending_s += audio_s
+
+    def finished(self, audio_s: float) -> None:
+        with self._lock:
+            self._pending_s = max(0.0, self._pending_s - audio_s)
+
+    def batch_done(self, audio_s: float, busy_s: float) -> None:
+        if busy_s <= 0 or audio_s <= 0:
+            return
+        rate = audio_s / busy_s
+        with self._lock:
+            self._rate = rate if self._rate is None else (
+                RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self._rate)
+
+    def stats(self) -> dict[str, float]:
+        """What `record_autoscaling_stats` returns; a rate of 0 means not measured yet."""
+        with self._lock:
+            return {AUDIO_PENDING: self._pending_s, AUDIO_RATE: self._rate or 0.0}
+
+
+class AudioSecondsPolicy:
+    """Replicas = audio held ÷ (a replica's measured audio seconds per second × the target
+    queueing delay). Configure it as the model deployment's `autoscaling_config.policy`:
+
+        policy:
+          policy_function: serve_app.autoscaling:AudioSecondsPolicy
+          policy_kwargs: {target_queue_delay_s: 3.0, default_audio_s_per_s: 10.0}
+    """
+
+    def __init__(self, target_queue_delay_s: float = 3.0, default_audio_s_per_s: float = 10.0):
+        if target_queue_delay_s <= 0 or default_audio_s_per_s <= 0:
+            raise ValueError("target_queue_delay_s and default_audio_s_per_s must be > 0")
+        self.target_queue_delay_s = target_queue_delay_s
+        # Until a replica has measured itself (its first batches), this speed is assumed.
+        self.default_audio_s_per_s = default_audio_s_per_s
+
+    def __call__(self, ctx) -> tuple[float, dict]:
+        metrics = ctx.aggregated_metrics or {}
+        pending = float(sum(metrics.get(AUDIO_PENDING, {}).values()))
+        rates = [r for r in metrics.get(AUDIO_RATE, {}).values() if r and r > 0]
+        rate = statistics.median(rates) if rates else self.default_audio_s_per_s
+        desired = replicas_for(pending, rate, self.target_queue_delay_s)
+        state = dict(ctx.policy_state or {})
+        state.update(pending_audio_s=round(pending, 2), audio_s_per_s=round(rate, 2),
+                     desired=desired)
+        return desired, state
+
+
+def replicas_for(pending_audio_s: float, audio_s_per_s: float, target_delay_s: float) -> int:
+    """Fewest replicas that would finish `pending_audio_s` within `target_delay_s`."""
+    return math.ceil(pending_audio_s / (audio_s_per_s * target_delay_s) - 1e-9)
