@@ -196,6 +196,10 @@ class ASRIngress:
                 503, "not_ready", f"The speech detector failed to load: {self.speech.error}"
             ).response()
         counts = await self._replicas.counts()
+        if counts is None and self._replicas.last_scaled_to_zero:
+            # Calling the model to find out would wake the pool this probe must not wake.
+            return APIError(503, "not_ready", "The model's replica counts are unknown "
+                            "(the Serve controller did not answer).").response()
         body: dict = {
             "status": "ready",
             "speech_detector": self.speech.describe(),
@@ -205,6 +209,12 @@ class ASRIngress:
         if counts is not None:
             body["replicas"] = counts.as_dict()
             if counts.running == 0:
+                if counts.scales_to_zero and not counts.at_zero:
+                    # Waking from zero: requests wait for the replica, as the first did, so
+                    # the service stays ready instead of dropping out for the cold start.
+                    body["model"] = {"model_id": self._args.model.id, "scaled_to_zero": True,
+                                     "starting": True}
+                    return JSONResponse(body)
                 if not counts.at_zero:
                     return APIError(
                         503, "not_ready",
@@ -352,7 +362,6 @@ class ASRIngress:
     ) -> tuple[TranscriptionParams, DecodeOptions, SpeechOptions]:
         params = parse_params(fields)
         speech = params.speech_options(self._args.speech)
-        self._transcriber.check_detector(speech)
         check_model(params.model, self._args.model.accepts, self._args.model.name)
         # A new ingress replica learns the model's abilities on its first request; it waits
         # as long as a request may (not the readiness probe's few seconds) for a model

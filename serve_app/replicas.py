@@ -48,6 +48,8 @@ class ModelReplicas:
         self._app_name = app_name
         self._timeout_s = timeout_s
         self._cached: tuple[float, ReplicaCounts | None] = (0.0, None)
+        self._controller = None
+        self.last_scaled_to_zero = False  # what the last answer said, for when none comes
 
     async def counts(self) -> ReplicaCounts | None:
         """The controller's current view, or None when it cannot be asked."""
@@ -57,17 +59,24 @@ class ModelReplicas:
         try:
             details = await asyncio.wait_for(self._ask_controller(), self._timeout_s)
             counts = _counts_from(details)
+            self.last_scaled_to_zero = counts.scales_to_zero
         except Exception:  # noqa: BLE001 - "unknown" is an answer; the caller falls back
             counts = None
         self._cached = (time.monotonic(), counts)
         return counts
 
     async def _ask_controller(self):
-        import ray
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        if self._controller is None:
+            import ray
+            from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
-        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return await controller.get_deployment_details.remote(self._app_name, MODEL_DEPLOYMENT)
+            # A blocking GCS lookup: once, off the event loop.
+            self._controller = await asyncio.to_thread(
+                ray.get_actor, SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE
+            )
+        return await self._controller.get_deployment_details.remote(
+            self._app_name, MODEL_DEPLOYMENT
+        )
 
 
 def _field(config, name: str, default=None):

@@ -175,13 +175,15 @@ class Transcriber:
             in_flight = asyncio.Semaphore(self._args.limits.max_chunks_in_flight)
 
             async def one(chunk: Chunk) -> ChunkResult:
-                samples = chunk.samples(job.audio)
-
-                async def call() -> ChunkResult:
-                    self._metrics.model_chunks.inc()
-                    return await self._model.transcribe.remote(samples, job.options)
-
                 async with in_flight:
+                    # Made here, inside the bound: a gain makes a copy, and a long file's
+                    # copies must not all exist at once. Reused if the chunk is sent again.
+                    samples = chunk.samples(job.audio)
+
+                    async def call() -> ChunkResult:
+                        self._metrics.model_chunks.inc()
+                        return await self._model.transcribe.remote(samples, job.options)
+
                     return await call_surviving_replica_loss(
                         call,
                         self._args.limits.replica_loss_retries,

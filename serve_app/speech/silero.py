@@ -75,7 +75,8 @@ class SileroVAD:
 
 
 class SileroStream:
-    """Probabilities of live audio as it arrives, equal to `probabilities` of the whole."""
+    """Probabilities of live audio as it arrives, equal to `probabilities` of the whole
+    without gains (a live stream has no look-ahead for `speech.levels`' file gain)."""
 
     def __init__(self, vad: SileroVAD) -> None:
         self._vad = vad

@@ -11,7 +11,7 @@ seconds instead of a minute, and everything polled, never slept on.
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator
 
@@ -74,6 +74,17 @@ def running() -> int:
     return model_replicas().get("RUNNING", 0)
 
 
+def running_replica_actor_names() -> list[str]:
+    """The actors of the model's RUNNING replicas, as the Serve controller lists them."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    details = ray.get(controller.get_deployment_details.remote("asr", "ASRModel"))
+    return [r.actor_name for r in details.replicas
+            if str(getattr(r.state, "value", r.state)) == "RUNNING"]
+
+
 @pytest.fixture(scope="module")
 def http_port() -> Iterator[int]:
     """One Ray instance and one HTTP port for the module (Serve keeps its first port)."""
@@ -128,9 +139,17 @@ def test_scale_to_zero_and_back_without_waking_on_probes(service) -> None:
         assert readyz(base_url).status_code == 200
     assert model_replicas() == {}, model_replicas()
 
-    # The first request waits for a cold start and succeeds: no 503, no timeout.
-    response = post_audio(base_url, unique_wav(short_fixtures()[0]))
+    # The first request waits for a cold start and succeeds: no 503, no timeout. The service
+    # stays ready while the pool wakes (a load balancer must not drop it for the start).
+    probes = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(post_audio, base_url, unique_wav(short_fixtures()[0]))
+        while not first.done():
+            probes.append(readyz(base_url).status_code)
+            wait([first], timeout=0.2)  # a probe every 0.2 s until the answer comes
+        response = first.result()
     assert outcome(response) == "ok", describe(response)
+    assert probes and set(probes) == {200}, probes
     assert running() == 1
 
     # Idle again: back to zero, and ready at zero.
@@ -182,7 +201,8 @@ def test_a_killed_replica_costs_no_request_while_another_lives(service) -> None:
     base_url = service("local.yaml", slow_rounds=True,
                        min_replicas=2, initial_replicas=2, max_replicas=2)
     wait_until(lambda: running() == 2, READY_DEADLINE_S, what="two model replicas")
-    payloads = [unique_wav(long_fixture(), repeat=3) for _ in range(4)]  # ≥ 5 rounds each
+    # Eight long requests (≥ 5 rounds each): both replicas hold chunks at any moment.
+    payloads = [unique_wav(long_fixture(), repeat=3) for _ in range(8)]
     payloads += [unique_wav(f) for f in short_fixtures()]
     with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
         futures = [pool.submit(post_audio, base_url, p) for p in payloads]
@@ -190,9 +210,9 @@ def test_a_killed_replica_costs_no_request_while_another_lives(service) -> None:
         wait_until(lambda: any(f.done() for f in futures), CLIENT_TIMEOUT_S,
                    interval_s=0.05, what="the load to reach the model")
         assert not all(f.done() for f in futures), "the load finished before the kill"
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if "ASRModel" in a["name"]]
-        victim = ray.get_actor(names[0], namespace="serve")
+        # A replica of this deployment that is RUNNING now, not one of an earlier test's
+        # that is still draining away.
+        victim = ray.get_actor(running_replica_actor_names()[0], namespace="serve")
         ray.kill(victim, no_restart=True)
         results = [f.result(timeout=CLIENT_TIMEOUT_S + 30) for f in futures]
     failed = [describe(r) for r in results if outcome(r) != "ok"]
