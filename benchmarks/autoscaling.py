@@ -3,6 +3,7 @@
     python -m benchmarks.autoscaling                       # a private configs/local.yaml
     python -m benchmarks.autoscaling --config configs/local.yaml configs/local-audio-autoscaling.yaml
     python -m benchmarks.autoscaling --url http://127.0.0.1:8000   # a running service
+    python -m benchmarks.autoscaling --seconds 120 --clients 2      # long files instead of clips
 
 Every second it records the offered load (requests in flight), the model's replicas as
 the Serve controller counts them (target, running, starting: /readyz), the latency p50/p95
@@ -29,6 +30,8 @@ from benchmarks.common import (
     RESULTS_DIR,
     TRANSCRIBE_PATH,
     LocalService,
+    fit,
+    join,
     load_clip,
     percentile,
     timestamp,
@@ -42,7 +45,7 @@ CLIPS = ("fox_dog.wav", "train.wav", "groceries.wav", "oak_tree.wav", "report.wa
 class StepLoad:
     """`clients` threads sending clips back to back while the step is on."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, seconds: float = 0.0) -> None:
         self.url = url
         self.events: list[tuple[float, float, int]] = []  # (end time, latency, status)
         self.in_flight = 0
@@ -50,6 +53,10 @@ class StepLoad:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._clips = [load_clip(name).audio for name in CLIPS]
+        if seconds:  # every request the clips joined, repeated to `seconds` of speech
+            joined = join(self._clips, gap_s=0.5)
+            self._clips = [fit(np.tile(joined, int(np.ceil(seconds * 16_000 / joined.size))),
+                               seconds)]
         self._count = 0
 
     def start(self, clients: int) -> None:
@@ -103,8 +110,9 @@ def sample(url: str) -> dict:
         return {}
 
 
-def run(url: str, idle_s: float, step_s: float, after_s: float, clients: int) -> dict:
-    load = StepLoad(url)
+def run(url: str, idle_s: float, step_s: float, after_s: float, clients: int,
+        seconds: float = 0.0) -> dict:
+    load = StepLoad(url, seconds)
     timeline = []
     began = time.monotonic()
     step_on, step_off = began + idle_s, began + idle_s + step_s
@@ -138,7 +146,8 @@ def run(url: str, idle_s: float, step_s: float, after_s: float, clients: int) ->
             "ok": statuses.count(200), "shed": statuses.count(503),
             "lost": sum(1 for st in statuses if st not in (200, 503)),
             "latencies_ok": [lat for _, lat, st in load.events if st == 200],
-            "step": {"on_s": idle_s, "off_s": idle_s + step_s, "clients": clients}}
+            "step": {"on_s": idle_s, "off_s": idle_s + step_s, "clients": clients,
+                     "seconds_per_request": seconds or "2-5 s clips"}}
 
 
 def summarise(result: dict) -> dict:
@@ -193,6 +202,8 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=90.0)
     parser.add_argument("--after", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="each request this many seconds of speech (default: 2-5 s clips)")
     args = parser.parse_args()
 
     stamp = timestamp()
@@ -203,7 +214,7 @@ def main() -> None:
         service = nullcontext() if args.url else LocalService(config_path=config, autoscaling={})
         with service as local:
             url = args.url or local.url
-            result = run(url, args.idle, args.step, args.after, args.clients)
+            result = run(url, args.idle, args.step, args.after, args.clients, args.seconds)
         name = config.stem if config else "service"
         summary = summarise(result)
         chart(result, RESULTS_DIR / f"autoscaling-{stamp}-{name}.png")

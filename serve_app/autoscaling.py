@@ -20,6 +20,10 @@ import threading
 
 AUDIO_PENDING = "audio_s_pending"  # seconds of audio a replica holds, queued or running
 AUDIO_RATE = "audio_s_per_s"  # audio seconds it transcribes per second of model work
+# Seconds of audio an ingress replica has admitted and not yet handed to the model: the
+# rest of a long file, behind its bound on chunks in flight. No model replica sees it.
+AUDIO_UNSENT = "audio_s_unsent"
+MODEL_DEPLOYMENT = "ASRModel"
 # The weight of each new batch in the throughput average: about the last five batches.
 RATE_SMOOTHING = 0.2
 
@@ -48,6 +52,12 @@ class AudioLoad:
             self._rate = rate if self._rate is None else (
                 RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self._rate)
 
+    @property
+    def rate(self) -> float | None:
+        """Audio seconds per second of work, None until a batch has been measured."""
+        with self._lock:
+            return self._rate
+
     def stats(self) -> dict[str, float]:
         """What `record_autoscaling_stats` returns; a rate of 0 means not measured yet."""
         with self._lock:
@@ -70,9 +80,9 @@ class AudioSecondsPolicy:
         # Until a replica has measured itself (its first batches), this speed is assumed.
         self.default_audio_s_per_s = default_audio_s_per_s
 
-    def __call__(self, ctx) -> tuple[float, dict]:
+    def __call__(self, ctx, waiting_elsewhere_s: float = 0.0) -> tuple[float, dict]:
         metrics = ctx.aggregated_metrics or {}
-        pending = float(sum(metrics.get(AUDIO_PENDING, {}).values()))
+        pending = _total(metrics, AUDIO_PENDING) + waiting_elsewhere_s
         rates = [r for r in metrics.get(AUDIO_RATE, {}).values() if r and r > 0]
         rate = statistics.median(rates) if rates else self.default_audio_s_per_s
         desired = replicas_for(pending, rate, self.target_queue_delay_s)
@@ -80,6 +90,46 @@ class AudioSecondsPolicy:
         state.update(pending_audio_s=round(pending, 2), audio_s_per_s=round(rate, 2),
                      desired=desired)
         return desired, state
+
+
+class AudioSecondsAppPolicy:
+    """The same rule, over the whole application: the audio the model replicas hold plus
+    the audio still waiting in the ingress replicas (each reports it), so the rest of a
+    long file asks for replicas before it reaches one. Every other deployment scales by
+    Serve's default. Configure it as the application's `autoscaling_policy` (each
+    deployment then needs an `autoscaling_config`, a fixed one may set min = max):
+
+        autoscaling_policy:
+          policy_function: serve_app.autoscaling:AudioSecondsAppPolicy
+          policy_kwargs: {target_queue_delay_s: 3.0, default_audio_s_per_s: 10.0}
+    """
+
+    def __init__(self, target_queue_delay_s: float = 3.0, default_audio_s_per_s: float = 10.0,
+                 model_deployment: str = MODEL_DEPLOYMENT):
+        self.model_policy = AudioSecondsPolicy(target_queue_delay_s, default_audio_s_per_s)
+        self.model_deployment = model_deployment
+
+    def __call__(self, contexts: dict) -> tuple[dict, dict]:
+        # Imported here: this runs in the Serve controller, where Ray is at hand.
+        from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+
+        waiting = sum(_total(ctx.aggregated_metrics or {}, AUDIO_UNSENT)
+                      for ctx in contexts.values()
+                      if ctx.deployment_name != self.model_deployment)
+        decisions, states = {}, {}
+        for deployment_id, ctx in contexts.items():
+            if ctx.deployment_name == self.model_deployment:
+                desired, state = self.model_policy(ctx, waiting_elsewhere_s=waiting)
+                state["waiting_in_ingress_s"] = round(waiting, 2)
+            else:
+                desired, state = replica_queue_length_autoscaling_policy(ctx)
+            decisions[deployment_id], states[deployment_id] = desired, dict(state or {})
+        return decisions, states
+
+
+def _total(metrics: dict, name: str) -> float:
+    """A metric summed over the replicas reporting it."""
+    return float(sum(metrics.get(name, {}).values()))
 
 
 def replicas_for(pending_audio_s: float, audio_s_per_s: float, target_delay_s: float) -> int:

@@ -153,15 +153,38 @@ class AdmissionSettings(_Strict):
     """Load shedding in the ingress, counted in audio seconds rather than requests.
 
     One two-hour file is worth hundreds of short clips; counting seconds keeps the queue
-    honest. Past the bound clients get 503 `overloaded` with Retry-After at once.
+    honest. A request is refused (503 `overloaded` with Retry-After, at once) when the audio
+    queued before it would not be done within `max_expected_wait_s` even by every replica
+    the model deployment may reach (serve_app.admission says where each number comes from).
     """
 
+    max_expected_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="Shed a request when the audio queued with it would take longer than "
+        "this to transcribe, at the model pool's measured speed and largest size.",
+    )
+    assumed_audio_s_per_s: float = Field(
+        10.0,
+        gt=0,
+        description="A model replica's speed (audio seconds per second) until one has "
+        "measured itself: Whisper base INT8 on 2 CPU cores does ~10-15; GPUs far more.",
+    )
+    replica_start_s: float = Field(
+        15.0,
+        ge=0,
+        description="How long a replica the autoscaler adds takes to serve (a cold start: "
+        "~10 s for the demo model on 2 cores, docs/operations.md).",
+    )
     max_queued_audio_seconds: float = Field(
         4 * 3600.0,
         gt=0,
-        description="Audio seconds admitted but not yet transcribed, per ingress replica.",
+        description="Audio seconds admitted but not yet transcribed, per ingress replica: "
+        "a bound on the audio it holds in memory.",
     )
-    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After sent with a 503.")
+    retry_after_s: int = Field(
+        5, ge=1, le=3600, description="The shortest Retry-After sent with a 503."
+    )
 
 
 class AuthSettings(_Strict):

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 
 from serve_app.audio import SAMPLE_RATE
 from serve_app.auth import APIKeyChecker, load_api_keys
+from serve_app.autoscaling import AUDIO_UNSENT
 from serve_app.backends.base import DecodeOptions
 from serve_app.config import AppArgs
 from serve_app.errors import APIError, from_http_status, invalid_parameter
@@ -168,9 +169,14 @@ class ASRIngress:
         self.auth = APIKeyChecker(load_api_keys(self._args.auth))
         # Loaded here, once per replica; a failure makes /readyz say why instead of crashing.
         self.speech = SpeechDetector(self._args.speech.model_path)
-        self._transcriber = Transcriber(model, self._args, self.metrics, self.speech)
+        context = serve.get_replica_context()
+        self._replicas = ModelReplicas(context.app_name)
+        self._transcriber = Transcriber(
+            model, self._args, self.metrics, self.speech,
+            model_replicas=self._replicas,
+            ingress_replicas=ModelReplicas(context.app_name, context.deployment),
+        )
         self._model_info: dict | None = None
-        self._replicas = ModelReplicas(serve.get_replica_context().app_name)
         api.state.ingress = self  # the middleware runs outside the route's instance
         logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
 
@@ -179,6 +185,11 @@ class ASRIngress:
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
         return HTMLResponse(PAGE_HTML)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Audio admitted here and not yet at the model, for the application-level policy
+        serve_app.autoscaling.AudioSecondsAppPolicy (called only where this autoscales)."""
+        return {AUDIO_UNSENT: self._transcriber.admission.unsent_audio_seconds}
 
     @api.get("/healthz", summary="Liveness: the ingress process answers.")
     async def healthz(self) -> dict:
@@ -200,11 +211,15 @@ class ASRIngress:
             # Calling the model to find out would wake the pool this probe must not wake.
             return APIError(503, "not_ready", "The model's replica counts are unknown "
                             "(the Serve controller did not answer).").response()
+        if counts is not None:
+            self._transcriber.admission.update_pool(await self._transcriber.pool_size())
         body: dict = {
             "status": "ready",
             "speech_detector": self.speech.describe(),
             # This ingress replica's own count (every replica's: asr_chunk_retries_total).
             "ingress": {"chunk_retries": self._transcriber.chunk_retries},
+            # What the next admission decision would use (docs/operations.md).
+            "admission": self._transcriber.admission.describe(),
         }
         if counts is not None:
             body["replicas"] = counts.as_dict()

@@ -116,6 +116,21 @@ class IngressMetrics:
             "asr_model_chunks_total",
             description="Chunks sent to the model deployment (audio without speech sends none).",
         )
+        # Admission control's inputs and estimate (serve_app.admission), per ingress replica.
+        self.queued_audio = RefreshedGauge(
+            "asr_ingress_queued_audio_seconds",
+            description="Audio admitted by this ingress replica and not yet transcribed.",
+        )
+        self.unsent_audio = RefreshedGauge(
+            "asr_ingress_unsent_audio_seconds",
+            description="Admitted audio not yet handed to a model replica (what the "
+            "application-level audio policy adds to the replicas' own).",
+        )
+        self.expected_wait = RefreshedGauge(
+            "asr_ingress_expected_wait_seconds",
+            description="Time the queued audio would take at the pool's measured speed and "
+            "largest size; requests are shed above admission.max_expected_wait_s.",
+        )
 
 
 class ModelMetrics:

@@ -8,6 +8,7 @@ from any ingress replica; `@serve.batch` gathers them across requests into one p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -152,11 +153,12 @@ class ASRModel:
         audio_s = audio.size / SAMPLE_RATE
         self._audio_load.arrived(audio_s)
         try:
-            return await self._transcribe_batch(
+            result = await self._transcribe_batch(
                 ChunkRequest(audio, options, time.monotonic(), window_s=window_s)
             )
         finally:
             self._audio_load.finished(audio_s)
+        return dataclasses.replace(result, replica_audio_s_per_s=self._audio_load.rate)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Audio held and measured speed, for serve_app.autoscaling.AudioSecondsPolicy

@@ -16,7 +16,8 @@ import asyncio
 import time
 from dataclasses import asdict, dataclass
 
-MODEL_DEPLOYMENT = "ASRModel"
+from serve_app.autoscaling import MODEL_DEPLOYMENT
+
 # Probes and requests arrive often; the controller's view changes on a scale of seconds.
 CACHE_S = 1.0
 
@@ -44,8 +45,12 @@ class ReplicaCounts:
 
 
 class ModelReplicas:
-    def __init__(self, app_name: str, timeout_s: float = 2.0) -> None:
+    """One deployment's replicas (the model's unless told otherwise)."""
+
+    def __init__(self, app_name: str, deployment: str = MODEL_DEPLOYMENT,
+                 timeout_s: float = 2.0) -> None:
         self._app_name = app_name
+        self._deployment = deployment
         self._timeout_s = timeout_s
         self._cached: tuple[float, ReplicaCounts | None] = (0.0, None)
         self._controller = None
@@ -75,7 +80,7 @@ class ModelReplicas:
                 ray.get_actor, SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE
             )
         return await self._controller.get_deployment_details.remote(
-            self._app_name, MODEL_DEPLOYMENT
+            self._app_name, self._deployment
         )
 
 

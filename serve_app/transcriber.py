@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import numpy as np
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.admission import AdmissionController, Reservation
+from serve_app.admission import AdmissionController, PoolSize, Reservation
 from serve_app.audio import SAMPLE_RATE, decode_audio
 from serve_app.backends.base import ChunkResult, DecodeOptions
 from serve_app.cache import TranscriptionCache, cache_key, content_hash, is_cacheable
@@ -27,6 +28,7 @@ from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
 from serve_app.replica_loss import call_surviving_replica_loss
+from serve_app.replicas import ModelReplicas
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
 from serve_app.transcript import Transcription, merge_chunk_results
 
@@ -56,16 +58,18 @@ class Transcriber:
         args: AppArgs,
         metrics: IngressMetrics,
         detector: SpeechDetector,
+        model_replicas: ModelReplicas,
+        ingress_replicas: ModelReplicas,
     ) -> None:
         self._model = model
         self._args = args
         self._metrics = metrics
         self._detector = detector
+        self._model_replicas = model_replicas
+        self._ingress_replicas = ingress_replicas
         self.chunk_retries = 0  # chunks sent again after their replica was lost (/readyz)
         self._cache = TranscriptionCache(args.cache.max_bytes, args.cache.ttl_s)
-        self._admission = AdmissionController(
-            args.admission.max_queued_audio_seconds, args.admission.retry_after_s
-        )
+        self.admission = AdmissionController(args.admission)
 
     # ---- cache --------------------------------------------------------------------
 
@@ -107,6 +111,12 @@ class Transcriber:
             )
 
     async def decode_and_admit(self, data: bytes) -> tuple[np.ndarray, Reservation]:
+        if self.admission.queued_audio_seconds > 0:  # an idle queue admits without asking
+            self.admission.update_pool(await self.pool_size())
+            # Shed before decoding when the queue alone is past the bound: under a flood,
+            # refusals must not wait behind the decoding and detection of admitted work.
+            with self._counting_sheds():
+                self.admission.refuse_if_full()
         try:
             audio = await asyncio.to_thread(
                 decode_audio, data, self._args.limits.max_audio_seconds
@@ -118,11 +128,39 @@ class Transcriber:
             raise
         duration = audio.size / SAMPLE_RATE
         self._metrics.audio_seconds_received.inc(duration)
+        with self._counting_sheds():
+            reservation = self.admission.reserve(duration)
+        return audio, reservation
+
+    @contextmanager
+    def _counting_sheds(self) -> Iterator[None]:
+        """Admission decisions: a 503 is counted as shed; the queue gauges follow."""
         try:
-            return audio, self._admission.reserve(duration)
+            yield
         except APIError:
             self._metrics.rejections.inc(tags={"reason": "backpressure"})
             raise
+        finally:
+            self._report_queue()
+
+    async def pool_size(self) -> PoolSize | None:
+        """The model pool and the ingress replicas sharing it, from the Serve controller
+        (cached for a second); None when it did not answer."""
+        model = await self._model_replicas.counts()
+        if model is None:
+            return None
+        ingress = await self._ingress_replicas.counts()
+        return PoolSize(
+            running=model.running,
+            reachable=max(model.max_replicas, model.running),
+            ingress_replicas=max(1, ingress.running) if ingress else 1,
+        )
+
+    def _report_queue(self) -> None:
+        self._metrics.queued_audio.set(self.admission.queued_audio_seconds)
+        self._metrics.unsent_audio.set(self.admission.unsent_audio_seconds)
+        # Infinite while no replica runs and none may be added; a gauge takes finite values.
+        self._metrics.expected_wait.set(min(self.admission.expected_wait_s(), 1e6))
 
     async def find_speech(self, audio: np.ndarray, speech: SpeechOptions) -> SpeechAnalysis:
         started = time.monotonic()
@@ -147,7 +185,11 @@ class Transcriber:
             chunks = await asyncio.to_thread(split_into_chunks, audio, analysis)
         except BaseException:
             reservation.release()
+            self._report_queue()
             raise
+        # What the detector left out never reaches the model: the queue holds speech only.
+        reservation.narrow_to(sum(c.seconds for c in chunks))
+        self._report_queue()
         return Job(audio, chunks, options, key, request_id, reservation)
 
     # ---- run ----------------------------------------------------------------------
@@ -179,17 +221,22 @@ class Transcriber:
                     # Made here, inside the bound: a gain makes a copy, and a long file's
                     # copies must not all exist at once. Reused if the chunk is sent again.
                     samples = chunk.samples(job.audio)
+                    job.reservation.sent(chunk.seconds)
 
                     async def call() -> ChunkResult:
                         self._metrics.model_chunks.inc()
                         return await self._model.transcribe.remote(samples, job.options)
 
-                    return await call_surviving_replica_loss(
+                    result = await call_surviving_replica_loss(
                         call,
                         self._args.limits.replica_loss_retries,
                         job.request_id,
                         on_retry=self._count_retry,
                     )
+                    job.reservation.done(chunk.seconds)
+                    self._report_queue()
+                    self.admission.observe_rate(result.replica_audio_s_per_s)
+                    return result
 
             tasks = [asyncio.ensure_future(one(c)) for c in job.chunks]
             deadline = asyncio.get_running_loop().time() + self._args.limits.timeout_for(
@@ -221,6 +268,7 @@ class Transcriber:
                     task.cancel()
         finally:
             job.reservation.release()
+            self._report_queue()
 
     def _count_retry(self) -> None:
         self.chunk_retries += 1

@@ -6,7 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve_app.autoscaling import AUDIO_PENDING, AUDIO_RATE, AudioLoad, AudioSecondsPolicy, replicas_for
+from serve_app.autoscaling import (
+    AUDIO_PENDING,
+    AUDIO_RATE,
+    AUDIO_UNSENT,
+    AudioLoad,
+    AudioSecondsAppPolicy,
+    AudioSecondsPolicy,
+    replicas_for,
+)
 
 
 def context(pending: dict[str, float], rates: dict[str, float]) -> SimpleNamespace:
@@ -47,3 +55,30 @@ def test_a_replica_counts_its_audio_and_measures_its_speed() -> None:
     assert load.stats() == {AUDIO_PENDING: 25.0, AUDIO_RATE: 15.0}
     load.batch_done(audio_s=10.0, busy_s=2.0)  # 5 audio-s/s pulls the average down a little
     assert 10.0 < load.stats()[AUDIO_RATE] < 15.0
+
+
+def app_context(name: str, metrics: dict, current: int = 1, requests: float = 0.0):
+    """An AutoscalingContext as Serve 2.60 builds it, for the fields the policies read."""
+    from ray.serve.config import AutoscalingConfig
+
+    return SimpleNamespace(
+        deployment_name=name, aggregated_metrics=metrics, policy_state={},
+        current_num_replicas=current, target_num_replicas=current,
+        total_num_requests=requests, config=AutoscalingConfig(target_ongoing_requests=2),
+    )
+
+
+def test_the_application_policy_counts_audio_still_waiting_in_the_ingress() -> None:
+    policy = AudioSecondsAppPolicy(target_queue_delay_s=3.0, default_audio_s_per_s=10.0)
+    model = app_context("ASRModel", {AUDIO_PENDING: {"m": 30.0}, AUDIO_RATE: {"m": 10.0}})
+    # The replica holds 30 s (one replica's worth in 3 s); the ingress replicas hold the
+    # other 150 s of a long file: 180 / (10 × 3) = 6 replicas, not 1.
+    ingress = app_context("ASRIngress", {AUDIO_UNSENT: {"i1": 120.0, "i2": 30.0}},
+                          current=2, requests=4.0)
+    decisions, states = policy({"model": model, "ingress": ingress})
+    assert decisions["model"] == 6
+    assert states["model"]["waiting_in_ingress_s"] == 150.0
+    # The ingress itself scales on Serve's default: 4 requests at a target of 2 each.
+    assert decisions["ingress"] == pytest.approx(2.0)
+    # Without the ingress's report, only what the replica holds counts.
+    assert AudioSecondsPolicy(3.0, 10.0)(model)[0] == 1

@@ -57,6 +57,9 @@ class ChunkResult:
     text: str = ""
     language: str | None = None
     error: str | None = None
+    # The model replica's measured speed (audio seconds per second of work), set by the
+    # model deployment: the ingress's admission control learns capacity from it.
+    replica_audio_s_per_s: float | None = None
 
 
 @dataclass(frozen=True)

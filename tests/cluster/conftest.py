@@ -148,6 +148,7 @@ class Load:
 
     base_url: str
     threads: int = 2
+    repeat: int = 1  # each request is a short fixture this many times over
     results: list = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list = field(default_factory=list)
@@ -161,7 +162,8 @@ class Load:
                 if self._stop.is_set():
                     return
                 try:
-                    result = post_audio(self.base_url, unique_wav(fixtures[i % len(fixtures)]))
+                    data = unique_wav(fixtures[i % len(fixtures)], self.repeat)
+                    result = post_audio(self.base_url, data)
                 except Exception as exc:  # noqa: BLE001 - kept and reported as a failure
                     result = exc
                 with self._lock:

@@ -11,10 +11,12 @@ seconds instead of a minute, and everything polled, never slept on.
 from __future__ import annotations
 
 import copy
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import yaml
 
@@ -29,6 +31,7 @@ from tests.cluster.conftest import (
     readyz,
     short_fixtures,
     unique_wav,
+    wav_bytes,
 )
 from tests.conftest import READY_DEADLINE_S, REPO_ROOT, free_port, wait_until
 
@@ -42,6 +45,7 @@ TEST_AUTOSCALING = {
 
 
 def config_for(name: str, model_path: Path, port: int, slow_rounds: bool = False,
+               policy_kwargs: dict | None = None, admission: dict | None = None,
                **autoscaling) -> dict:
     config = copy.deepcopy(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
     config["http_options"]["port"] = port
@@ -56,6 +60,13 @@ def config_for(name: str, model_path: Path, port: int, slow_rounds: bool = False
         model["user_config"]["batch_wait_timeout_s"] = 1.0
     if "autoscaling_config" in model:
         model["autoscaling_config"].update(TEST_AUTOSCALING, **autoscaling)
+    ingress = deployments["ASRIngress"]
+    if "autoscaling_config" in ingress:  # it reports to an application-level policy
+        ingress["autoscaling_config"].update(TEST_AUTOSCALING)
+    if policy_kwargs:
+        app["autoscaling_policy"]["policy_kwargs"].update(policy_kwargs)
+    if admission:
+        app["args"]["admission"].update(admission)
     # Small reservations: two model replicas and the ingress fit on two CPUs at once.
     model["ray_actor_options"] = {"num_cpus": 0.3}
     deployments["ASRIngress"]["ray_actor_options"] = {"num_cpus": 0.2}
@@ -106,8 +117,8 @@ def service(http_port: int, tiny_glm_path: Path):
     """A function that deploys a config (replacing the last one) and returns its URL."""
     port = http_port
 
-    def start(name: str, slow_rounds: bool = False, **autoscaling) -> str:
-        config = config_for(name, tiny_glm_path, port, slow_rounds, **autoscaling)
+    def start(name: str, slow_rounds: bool = False, **options) -> str:
+        config = config_for(name, tiny_glm_path, port, slow_rounds, **options)
         deploy(config)
         base_url = f"http://127.0.0.1:{port}"
         model = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ASRModel")
@@ -159,22 +170,24 @@ def test_scale_to_zero_and_back_without_waking_on_probes(service) -> None:
     assert outcome(response) == "ok", describe(response)
 
 
-# Each config's policy, made eager enough that four clients of the tiny model need two
-# replicas: Serve's default on request counts, and the opt-in policy on audio seconds.
+# Each config's policy, and a heavy load that needs two replicas of the tiny model under
+# it: Serve's default on request counts (four clients, one request each per replica), and
+# the opt-in application-level policy on audio seconds (eight clients of 2-minute files:
+# ~1000 s of audio against a replica that does ~100-300 audio seconds a second). The light
+# load (one client of ~12-s files) needs one replica under either.
 POLICIES = {
-    "local.yaml": {"target_ongoing_requests": 1},
-    "local-audio-autoscaling.yaml": {"policy": {
-        "policy_function": "serve_app.autoscaling:AudioSecondsPolicy",
-        "policy_kwargs": {"target_queue_delay_s": 0.02, "default_audio_s_per_s": 10.0},
-    }},
+    "local.yaml": ({"target_ongoing_requests": 1}, {"threads": 4}),
+    "local-audio-autoscaling.yaml": (
+        {"policy_kwargs": {"target_queue_delay_s": 1.0}}, {"threads": 8, "repeat": 10}),
 }
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_scale_up_under_load_and_down_with_requests_in_flight(service, name: str) -> None:
-    base_url = service(name, **POLICIES[name])
+    options, heavy_load = POLICIES[name]
+    base_url = service(name, **options)
     assert running() == 1
-    heavy = Load(base_url, threads=4).start()
+    heavy = Load(base_url, **heavy_load).start()
     try:
         wait_until(lambda: running() == 2, READY_DEADLINE_S, interval_s=0.5,
                    what="a second model replica under load")
@@ -220,3 +233,53 @@ def test_a_killed_replica_costs_no_request_while_another_lives(service) -> None:
     # The kill did hit chunks in flight, and they were sent again (not merely lucky timing).
     assert readyz(base_url).json()["ingress"]["chunk_retries"] >= 1
     wait_until(lambda: running() == 2, READY_DEADLINE_S, what="the killed replica replaced")
+
+
+def test_the_ingress_reports_the_audio_it_has_not_sent_yet(service) -> None:
+    """What the application-level policy adds to the replicas' own: the rest of a long file,
+    held back by the bound on chunks in flight, which no model replica sees."""
+    base_url = service("local-audio-autoscaling.yaml", slow_rounds=True)
+    seen: list[float] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(post_audio, base_url, unique_wav(long_fixture(), repeat=3))
+        while not answer.done():
+            seen.append(readyz(base_url).json()["admission"]["unsent_audio_s"])
+            wait([answer], timeout=0.2)
+        assert outcome(answer.result()) == "ok", describe(answer.result())
+    assert max(seen) > 30.0, seen  # more than the one chunk at the model
+    assert readyz(base_url).json()["admission"]["unsent_audio_s"] == 0.0
+
+
+def test_a_flood_is_served_or_shed_at_once_never_left_waiting(service) -> None:
+    """120 twenty-second files at once: each ends in a transcript or a well-formed 503 that
+    comes before any of the work it would have waited for, and the service recovers."""
+    base_url = service("local.yaml", admission={"max_expected_wait_s": 5})
+    clip = np.concatenate([f.audio for f in short_fixtures()])
+    twenty_s = np.resize(clip, 20 * 16_000)
+    payloads = [wav_bytes(np.concatenate([twenty_s, np.zeros(160 * i, np.float32)]))
+                for i in range(1, 121)]
+
+    def timed_post(data: bytes) -> tuple[float, object]:
+        started = time.monotonic()
+        try:
+            response = post_audio(base_url, data)
+        except Exception as exc:  # noqa: BLE001 - reported below as a failure
+            response = exc
+        return time.monotonic() - started, response
+
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        results = list(pool.map(timed_post, payloads))
+    def overloaded(response) -> bool:
+        return (outcome(response) == "error" and response.status_code == 503
+                and response.json()["error"]["code"] == "overloaded")
+
+    served = [(s, r) for s, r in results if outcome(r) == "ok"]
+    shed = [(s, r) for s, r in results if overloaded(r)]
+    others = [describe(r) for s, r in results if outcome(r) != "ok" and not overloaded(r)]
+    assert not others, others
+    assert served and shed, (len(served), len(shed))
+    for _, response in shed:
+        assert int(response.headers["Retry-After"]) >= 1
+    # Shed at once: every refusal came before the slowest admitted request was done.
+    assert max(s for s, _ in shed) < max(s for s, _ in served)
+    assert outcome(post_audio(base_url, payloads[0])) == "ok"  # recovered
