@@ -24,8 +24,11 @@ RUN pip install --upgrade pip==25.3 && pip install -c requirements.lock .
 
 FROM ${CUDA_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
+# wget: KubeRay injects readiness and liveness probes that run
+# `bash -c "wget ... http://localhost:52365/api/local_raylet_healthz | grep success"` (and, on
+# RayService workers, `:8000/-/healthz`); without it no pod ever turns Ready.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 libsndfile1 curl \
+    && apt-get install -y --no-install-recommends python3 libsndfile1 curl wget \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 app
 COPY --from=build /opt/venv /opt/venv

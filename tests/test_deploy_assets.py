@@ -329,3 +329,101 @@ def test_render_check_reports_no_drift() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- KubeRay manifests against the real schemas ------------------------------------------
+
+KUBERAY = ROOT / "deploy" / "kuberay"
+sys.path.insert(0, str(KUBERAY))
+import render as kuberay_render  # noqa: E402 - deploy/kuberay is scripts, not a package
+import validate as kuberay_validate  # noqa: E402
+
+
+def manifest(name: str) -> dict:
+    return yaml.safe_load((KUBERAY / name).read_text())
+
+
+@pytest.mark.parametrize("name", kuberay_validate.MANIFESTS)
+def test_every_manifest_is_valid_against_kuberay_and_kubernetes_schemas(name: str) -> None:
+    documents = [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+    assert documents
+    for document in documents:
+        assert kuberay_validate.problems(document) == [], name
+
+
+def test_the_validator_finds_what_the_api_server_would_refuse_or_prune() -> None:
+    service = manifest("rayservice.yaml")
+    cluster = service["spec"]["rayClusterConfig"]
+    cluster["workerGroupSpec"] = []  # a typo of workerGroupSpecs: pruned, silently
+    cluster["workerGroupSpecs"][0]["replicas"] = "one"
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["ports"].append({"containerPort": 8000, "name": "serve-again"})  # same port and TCP
+    found = "\n".join(kuberay_validate.problems(service))
+    assert "spec.rayClusterConfig.workerGroupSpec: unknown field" in found
+    assert "'one' is not of type 'integer'" in found
+    assert "duplicate" in found and "containers[0].ports" in found
+
+    policy = manifest("networkpolicy.yaml")
+    policy["spec"]["ingress"][0]["ports"][0]["portt"] = 1
+    assert kuberay_validate.problems(policy)
+    claim = manifest("pvc.yaml")
+    claim["spec"]["storageClass"] = "nfs"  # storageClassName is the field
+    assert kuberay_validate.problems(claim)
+
+
+def test_the_crd_is_the_pinned_kuberay_release() -> None:
+    import hashlib
+
+    notice = (KUBERAY / "schemas" / "NOTICE").read_text()
+    digest = hashlib.sha256(kuberay_validate.CRD.read_bytes()).hexdigest()
+    assert f"sha256: {digest}" in notice and "v1.5.1" in notice
+    assert "Apache License" in (KUBERAY / "schemas" / "LICENSE-kuberay").read_text()
+
+
+def test_manifests_agree_on_ports_labels_and_the_cache_claim() -> None:
+    ports = kuberay_render.PORTS
+    cluster = manifest("rayservice.yaml")["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    names = {"gcs-server": "gcs"}
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            for port in container.get("ports", []):
+                assert port["containerPort"] == ports[names.get(port["name"], port["name"])]
+    assert ports["serve"] == yaml.safe_load(PROD.read_text())["http_options"]["port"]
+
+    # The NetworkPolicy selects every pod of the cluster, and opens only the Serve port to all.
+    policy = manifest("networkpolicy.yaml")["spec"]
+    selected = policy["podSelector"]["matchLabels"]
+    for group in groups:
+        assert selected.items() <= group["template"]["metadata"]["labels"].items()
+    open_to_all = [rule for rule in policy["ingress"] if "from" not in rule]
+    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == [ports["serve"]]
+    private = {p["port"] for rule in policy["ingress"] if "from" in rule
+               for p in rule.get("ports", [])}
+    assert {ports["dashboard"], ports["metrics"], ports["haproxy-metrics"],
+            ports["haproxy-stats"]} <= private
+
+    # The claim the GPU pods mount is the one shipped.
+    claim = manifest("pvc.yaml")["metadata"]["name"]
+    volumes = [v for g in groups for v in g["template"]["spec"].get("volumes", [])]
+    assert {v["persistentVolumeClaim"]["claimName"] for v in volumes} == {claim}
+
+    # deploy/cluster.sh runs the same ports on a plain Ray cluster.
+    script = (ROOT / "deploy" / "cluster.sh").read_text()
+    assert f'GCS_PORT="${{GCS_PORT:-{ports["gcs"]}}}"' in script
+    assert f'DASHBOARD_PORT="${{DASHBOARD_PORT:-{ports["dashboard"]}}}"' in script
+    assert f'METRICS_PORT="${{METRICS_PORT:-{ports["metrics"]}}}"' in script
+    assert f'{ports["haproxy-stats"]}, {ports["haproxy-metrics"]}  HAProxy' in script
+
+
+def test_the_image_has_what_kuberays_injected_probes_run() -> None:
+    """KubeRay (1.5.x) injects exec probes `bash -c "wget ... | grep success"` into every
+    container that defines none; the CUDA runtime base ships bash and grep, not wget."""
+    cluster = manifest("rayservice.yaml")["spec"]["rayClusterConfig"]
+    containers = [c for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+                  for c in g["template"]["spec"]["containers"]]
+    assert not any("readinessProbe" in c or "livenessProbe" in c for c in containers)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.index("AS runtime"):]
+    installs = re.search(r"apt-get install -y --no-install-recommends ([^\\\n&]+)", runtime)
+    assert installs and "wget" in installs.group(1).split()
