@@ -62,3 +62,17 @@ def test_args_reject_unknown_keys() -> None:
         AppArgs.model_validate({"model": {"id": "x", "encoder_window": "short"}})
     with pytest.raises(ValidationError):
         BatchingConfig.model_validate({"max_batch_size": 0})
+
+
+def test_the_audio_config_sets_an_application_policy_serve_can_use() -> None:
+    """Serve refuses an application-level policy unless every deployment autoscales."""
+    from serve_app import autoscaling
+
+    path = CONFIGS[0].parent / "local-audio-autoscaling.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = config.applications
+    policy = app.autoscaling_policy
+    module, name = policy["policy_function"].split(":")
+    assert module == "serve_app.autoscaling"
+    getattr(autoscaling, name)(**policy.get("policy_kwargs", {}))
+    assert all(d.autoscaling_config for d in app.deployments)
