@@ -59,21 +59,32 @@ def to_vtt(transcription: Transcription) -> str:
     return "\n".join(blocks)
 
 
-def to_verbose_json(transcription: Transcription, task: str = "transcribe") -> dict:
-    return {
+def to_verbose_json(
+    transcription: Transcription, task: str = "transcribe", segments: bool = True
+) -> dict:
+    """OpenAI's verbose_json: `words` when they were timed, `segments` unless only words
+    were asked for (`segments=False`), as OpenAI leaves them out then."""
+    body: dict = {
         "task": task,
         "language": transcription.language,
         "duration": transcription.duration,
         "text": transcription.text,
-        "segments": [
+    }
+    if transcription.words is not None:
+        body["words"] = [
+            {"word": w.word, "start": w.start, "end": w.end} for w in transcription.words
+        ]
+    if segments:
+        body["segments"] = [
             {"id": s.id, "start": s.start, "end": s.end, "text": s.text}
             for s in transcription.segments
-        ],
-    }
+        ]
+    return body
 
 
 def render_body(
-    transcription: Transcription, response_format: str, task: str = "transcribe"
+    transcription: Transcription, response_format: str, task: str = "transcribe",
+    segments: bool = True,
 ) -> dict | str:
     """The response content as a JSON value: an object for json formats, else a string."""
     if response_format == "text":
@@ -83,12 +94,13 @@ def render_body(
     if response_format == "vtt":
         return to_vtt(transcription)
     if response_format == "verbose_json":
-        return to_verbose_json(transcription, task)
+        return to_verbose_json(transcription, task, segments)
     return {"text": transcription.text}
 
 
 def render(
-    transcription: Transcription, response_format: str, task: str = "transcribe"
+    transcription: Transcription, response_format: str, task: str = "transcribe",
+    segments: bool = True,
 ) -> Response:
     if response_format == "text":
         return PlainTextResponse(transcription.text + "\n")
@@ -97,5 +109,5 @@ def render(
     if response_format == "vtt":
         return PlainTextResponse(to_vtt(transcription), media_type="text/vtt")
     if response_format == "verbose_json":
-        return JSONResponse(to_verbose_json(transcription, task))
+        return JSONResponse(to_verbose_json(transcription, task, segments))
     return JSONResponse({"text": transcription.text})

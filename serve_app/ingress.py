@@ -324,7 +324,8 @@ class ASRIngress:
                 logger.error("request_id=%s file %d failed: %r", request.state.request_id, index, outcome)
                 item.update(status=500, **APIError(500, "inference_failed", "Failed.").body())
             else:
-                item.update(status=200, response=render_body(outcome[0], params.response_format))
+                item.update(status=200, response=render_body(
+                    outcome[0], params.response_format, segments=params.wants_segments))
             results.append(item)
         return JSONResponse({"object": "list", "data": results})
 
@@ -367,7 +368,7 @@ class ASRIngress:
         transcription, cache_hit = await self._transcribe(
             upload, options, speech, request, _no_store(request)
         )
-        response = render(transcription, params.response_format, task)
+        response = render(transcription, params.response_format, task, params.wants_segments)
         response.headers["X-Cache"] = "hit" if cache_hit else "miss"
         response.headers["X-Audio-Duration"] = f"{transcription.duration:.3f}"
         return response
@@ -395,10 +396,29 @@ class ASRIngress:
                 f"'{params.language}' is not supported by this model "
                 f"(supported: {', '.join(sorted(languages))}).",
             )
+        if params.wants_words:
+            self._check_words(params, task, info)
         options = DecodeOptions(
-            language=params.language, task=task, prompt=params.prompt, temperature=params.temperature
+            language=params.language, task=task, prompt=params.prompt,
+            temperature=params.temperature, word_timestamps=params.wants_words,
         )
         return params, options, speech
+
+    @staticmethod
+    def _check_words(params: TranscriptionParams, task: str, info: dict) -> None:
+        """400 for word timestamps where they cannot be given, with the reason."""
+        def refuse(message: str) -> APIError:
+            return invalid_parameter("timestamp_granularities", message)
+
+        # OpenAI's rule: timestamps come in verbose_json only.
+        if params.response_format != "verbose_json" or params.stream:
+            raise refuse("'word' timestamps need response_format=verbose_json, without stream.")
+        if task == "translate":
+            raise refuse("Word timestamps are not available for translations: the English "
+                         "words do not follow the other language's audio word by word.")
+        if info.get("word_timestamps_unavailable"):
+            raise refuse("Word timestamps are not available for this model: "
+                         f"{info['word_timestamps_unavailable']}.")
 
     async def _transcribe(
         self,

@@ -62,7 +62,7 @@ _FORM_PROPERTIES = {
     "prompt": {"type": "string", "description": "Text to guide spelling and style."},
     "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
     "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
+    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]}},
     "stream": {"type": "boolean", "default": False},
     **_SPEECH_PROPERTIES,
 }

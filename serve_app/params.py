@@ -56,7 +56,7 @@ class TranscriptionParams(SpeechParams):
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0)
-    timestamp_granularities: tuple[Literal["segment"], ...] = ()
+    timestamp_granularities: tuple[Literal["segment", "word"], ...] = ()
     stream: bool = False
 
     @field_validator("language")
@@ -68,6 +68,15 @@ class TranscriptionParams(SpeechParams):
         if code not in ISO_639_1:
             raise ValueError(f"'{value}' is not an ISO-639-1 language code")
         return code
+
+    @property
+    def wants_words(self) -> bool:
+        return "word" in self.timestamp_granularities
+
+    @property
+    def wants_segments(self) -> bool:
+        """OpenAI leaves segments out when only words were asked for."""
+        return not self.wants_words or "segment" in self.timestamp_granularities
 
     @field_validator("prompt")
     @classmethod

@@ -9,6 +9,7 @@ non-streaming share the same ordered stream of chunk results.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from serve_app.metrics import IngressMetrics
 from serve_app.replica_loss import call_surviving_replica_loss
 from serve_app.replicas import ModelReplicas
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
+from serve_app.speech.word_edges import snap_to_sound
 from serve_app.transcript import Transcription, merge_chunk_results
 
 logger = logging.getLogger("ray.serve")
@@ -202,6 +204,9 @@ class Transcriber:
         transcription = merge_chunk_results(
             job.chunks, results, job.duration, job.options.language
         )
+        if transcription.words:
+            transcription = dataclasses.replace(
+                transcription, words=snap_to_sound(transcription.words, job.audio))
         self._store(job.cache_key, transcription)
         return transcription
 

@@ -225,7 +225,7 @@ CASES: list[Case] = [
           400, INVALID_PARAM, "temperature"),
     error("temperature-not-a-number", upload(fixture_bytes, temperature="hot"),
           400, INVALID_PARAM, "temperature"),
-    error("timestamp-granularity-word",
+    error("word-timestamps-without-verbose-json",
           upload(fixture_bytes, **{"timestamp_granularities[]": "word"}),
           400, INVALID_PARAM, "timestamp_granularities"),
     error("prompt-too-long", upload(fixture_bytes, prompt="word " * 1000),

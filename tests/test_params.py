@@ -48,7 +48,7 @@ def test_openai_form_fields() -> None:
         ([("temperature", "-1")], "temperature"),
         ([("temperature", "warm")], "temperature"),
         ([("language", "en"), ("language", "de")], "language"),
-        ([("timestamp_granularities[]", "word")], "timestamp_granularities"),
+        ([("timestamp_granularities[]", "character")], "timestamp_granularities"),
         ([("stream", "maybe")], "stream"),
     ],
 )
@@ -63,3 +63,12 @@ def test_model_names() -> None:
     with pytest.raises(APIError) as info:
         check_model("gpt-4o-transcribe", accepts, "whisper-base")
     assert (info.value.status, info.value.code) == (404, "model_not_found")
+
+
+def test_word_granularity_asks_for_words_and_leaves_segments_out_unless_asked() -> None:
+    words = parse_params([("timestamp_granularities[]", "word")])
+    assert words.wants_words and not words.wants_segments
+    both = parse_params([("timestamp_granularities[]", "word"),
+                         ("timestamp_granularities[]", "segment")])
+    assert both.wants_words and both.wants_segments
+    assert parse_params([]).wants_segments and not parse_params([]).wants_words

@@ -48,6 +48,7 @@ class DecodeOptions:
     prompt: str | None = None  # text that primes spelling/context
     temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int | None = None  # None = the backend's own bound
+    word_timestamps: bool = False  # time each word (Whisper: alignment heads); costs a pass
 
 
 @dataclass
@@ -60,6 +61,9 @@ class ChunkResult:
     # The model replica's measured speed (audio seconds per second of work), set by the
     # model deployment: the ingress's admission control learns capacity from it.
     replica_audio_s_per_s: float | None = None
+    # With word_timestamps: (word, start, end), seconds from the start of the chunk; the
+    # word keeps its leading space as it appears in the text.
+    words: tuple[tuple[str, float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class BackendInfo:
     family: str  # "whisper" or "glm_asr"
     can_translate: bool
     languages: tuple[str, ...] = field(default_factory=tuple)  # empty = not enumerated
+    # Why words cannot be timed (no alignment heads, a family without them); None: they can.
+    word_timestamps_unavailable: str | None = None
     # The encoder windows a chunk can be padded to, shortest first: a chunk takes the
     # shortest that holds it plus `window_margin_s` of silence (30 s only in full windows,
     # 5-30 s trimmed). Empty: a call is padded to its longest chunk (no backend does so

@@ -62,6 +62,11 @@ def max_new_tokens_for(n_samples: int) -> int:
 
 
 
+# The LLM decoder reads the audio through a projector, with no cross-attention head that
+# follows the audio in time (what Whisper's alignment heads give).
+WORDS_UNAVAILABLE = ("its model has no attention that follows the audio in time; segments "
+                     "are timed by the speech detector's pauses")
+
 class GlmAsrBackend:
     """Loads one GLM-ASR checkpoint and transcribes padded batches of chunks."""
 
@@ -87,6 +92,7 @@ class GlmAsrBackend:
             family=FAMILY,
             can_translate=False,
             languages=tuple(LANGUAGE_NAMES),
+            word_timestamps_unavailable=WORDS_UNAVAILABLE,
             # The processor's Whisper feature extractor pads every chunk to 30 s; the
             # encoder (rotary positions) takes any length. It has no attention mask, so a
             # chunk's window must not depend on its batch mates: chunks share a call only
@@ -105,6 +111,8 @@ class GlmAsrBackend:
         """Raise ValueError for options this model cannot honour."""
         if options.task != "transcribe":
             raise ValueError(f"task {options.task!r} is not supported: GLM-ASR only transcribes")
+        if options.word_timestamps:
+            raise ValueError(f"word timestamps are not available for GLM-ASR: {WORDS_UNAVAILABLE}")
         if options.language is not None and options.language not in LANGUAGE_NAMES:
             supported = ", ".join(LANGUAGE_NAMES)
             raise ValueError(f"language {options.language!r} is not supported ({supported})")

@@ -10,6 +10,7 @@ batch, so invalid ones raise ValueError (`validate_options` lets the caller chec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import zlib
@@ -25,6 +26,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
+from serve_app.backends import word_timing
 from serve_app.backends.base import (
     MAX_CHUNK_SECONDS,
     SAMPLE_RATE,
@@ -142,6 +144,9 @@ class WhisperBackend:
         self._can_translate = bool(self._languages) and "translate" in (
             getattr(gen, "task_to_id", None) or {}
         )
+        self._alignment_heads = word_timing.alignment_heads(self.model)
+        if self._alignment_heads:  # numba compiles the time warping once, here, not per request
+            word_timing.dtw(np.zeros((2, 2)))
         self._max_positions = self.model.config.max_target_positions  # 448 for every Whisper
         # openai/whisper's defaults: sample at most half the context, keep at most the last
         # half minus one of a prompt, so prompt, start tokens and output always fit.
@@ -154,6 +159,8 @@ class WhisperBackend:
             languages=tuple(sorted(self._languages)),
             windows_s=windows_s,
             window_margin_s=window_margin_s,
+            word_timestamps_unavailable=None if self._alignment_heads else (
+                "its generation config names no alignment heads"),
         )
 
     def validate_options(self, options: DecodeOptions) -> None:
@@ -170,6 +177,14 @@ class WhisperBackend:
                     f"unsupported language {options.language!r}; use an ISO-639-1 code such as"
                     f" 'en', one of: {', '.join(sorted(self._languages))}"
                 )
+        if options.word_timestamps and options.task == "translate":
+            raise ValueError(
+                "word timestamps are not available for translations: the English words "
+                "do not follow the other language's audio word by word")
+        if options.word_timestamps and not self._alignment_heads:
+            raise ValueError(
+                f"word timestamps are not available for {self.info.model_id}: its "
+                "generation config names no alignment heads")
         if not (math.isfinite(options.temperature) and options.temperature >= 0):
             raise ValueError(
                 f"temperature must be a finite number >= 0, not {options.temperature}"
@@ -313,4 +328,50 @@ class WhisperBackend:
             ChunkResult(text=t.strip(), language=lang)
             for t, lang in zip(texts, languages, strict=True)
         ]
+        if options.word_timestamps:
+            words = self._time_words(
+                encoder_outputs.last_hidden_state, sequences, languages, options.task, audios)
+            results = [dataclasses.replace(r, words=w) for r, w in zip(results, words, strict=True)]
         return results, ran_out
+
+    def _prefix_ids(self, language: str, task: str) -> list[int]:
+        """The decoder's start tokens without timestamps, as generate wrote them."""
+        tokens = ["<|startoftranscript|>"]
+        if self._languages:
+            tokens += [f"<|{language}|>", f"<|{task}|>"]
+        tokens.append("<|notimestamps|>")
+        return self.processor.tokenizer.convert_tokens_to_ids(tokens)
+
+    def _time_words(self, encoder_states: torch.Tensor, sequences: torch.Tensor,
+                    languages: list[str], task: str, audios: list[np.ndarray],
+                    ) -> list[tuple[tuple[str, float, float], ...]]:
+        """Each chunk's words with times (word_timing): one teacher-forced decoder pass
+        over the batch, capturing the alignment heads' cross-attention."""
+        tokenizer = self.processor.tokenizer
+        end = self.model.generation_config.eos_token_id
+        rows = []
+        for row, language in zip(sequences.tolist(), languages, strict=True):
+            text = [t for t in row if t < end]  # special tokens, EOS and padding come after text
+            rows.append((self._prefix_ids(language, task), text))
+        length = max(len(prefix) + len(text) + 1 for prefix, text in rows)
+        input_ids = torch.full((len(rows), length), end, dtype=torch.long)
+        for i, (prefix, text) in enumerate(rows):
+            input_ids[i, : len(prefix) + len(text)] = torch.tensor(prefix + text)
+        decoder = self.model.get_decoder()
+        with word_timing.CrossAttentionCapture(decoder, self._alignment_heads) as capture:
+            decoder(input_ids=input_ids.to(self.device), encoder_hidden_states=encoder_states,
+                    use_cache=False)
+        scores = torch.stack([capture.scores[h] for h in self._alignment_heads], dim=1)
+        timed = []
+        for i, ((prefix, text), audio) in enumerate(zip(rows, audios, strict=True)):
+            if not text:
+                timed.append(())
+                continue
+            n_tokens = len(prefix) + len(text) + 1
+            n_frames = min(math.ceil(audio.size / word_timing.SAMPLES_PER_FRAME),
+                           scores.shape[-1])
+            frames = word_timing.token_frames(scores[i, :, :n_tokens], n_frames, len(prefix))
+            words = word_timing.words_from_frames(
+                text, frames, languages[i], audio.size / SAMPLE_RATE, tokenizer.decode)
+            timed.append(tuple((w.word, round(w.start, 3), round(w.end, 3)) for w in words))
+        return timed
