@@ -71,6 +71,7 @@ class Options:
     timeout_s: float
     progress: bool
     overwrite: bool
+    words: bool = False  # json output carries each word's time (Whisper models)
 
 
 # ---- finding inputs -------------------------------------------------------------------
@@ -211,6 +212,8 @@ async def transcribe_file(
     except OSError as exc:
         return Outcome(job, "failed", error=f"cannot read: {exc}")
     fields = {"response_format": SERVER_FORMATS[options.fmt]}
+    if options.words and options.fmt == "json":
+        fields["timestamp_granularities[]"] = ["word", "segment"]
     if options.language:
         fields["language"] = options.language
     if options.model:
@@ -357,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="transcribe again even if the output exists"
     )
     parser.add_argument(
+        "--words", action="store_true",
+        help="with --format json: each word with its start and end (Whisper models); srt "
+        "and vtt cues are timed by the words in any case",
+    )
+    parser.add_argument(
         "--retries", type=_non_negative_int, default=5, metavar="N",
         help="retries per file on 429/503 (after Retry-After), 502/504 and connection "
         "errors (exponential backoff); other errors fail the file at once "
@@ -407,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout_s,
         progress=args.progress,
         overwrite=args.overwrite,
+        words=args.words,
     )
     started = time.monotonic()
     jobs = collect_jobs(args.paths, args.fmt, args.output_dir)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import textwrap
 from typing import Literal
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from serve_app.subtitles import Cue, cues_from_segments, cues_from_words, segments_from_words
 from serve_app.transcript import Segment, Transcription
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
-
-# Subtitle conventions (Netflix/BBC style guides): at most two lines of about 42
-# characters on screen at once, so long segments are split into several cues.
-SUBTITLE_LINE_CHARS = 42
-SUBTITLE_MAX_LINES = 2
+# Formats that carry times: they are timed by the words where the model can time them.
+TIMED_FORMATS = ("srt", "vtt", "verbose_json")
 
 
 def _timestamp(seconds: float, decimal: str) -> str:
@@ -26,65 +23,64 @@ def _timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
-def subtitle_cues(segments: tuple[Segment, ...]) -> list[tuple[float, float, str]]:
-    """Split segments into cues that fit on screen; time is shared out by characters."""
-    cues: list[tuple[float, float, str]] = []
-    for segment in segments:
-        lines = textwrap.wrap(segment.text, SUBTITLE_LINE_CHARS, break_long_words=False)
-        groups = [
-            lines[i : i + SUBTITLE_MAX_LINES] for i in range(0, len(lines), SUBTITLE_MAX_LINES)
-        ]
-        total_chars = sum(len(" ".join(g)) for g in groups) or 1
-        start, span = segment.start, max(segment.end - segment.start, 0.001)
-        for group in groups:
-            share = span * len(" ".join(group)) / total_chars
-            cues.append((start, start + share, "\n".join(group)))
-            start += share
-    return cues
+def subtitle_cues(transcription: Transcription) -> list[Cue]:
+    """Cues timed by the words when they were timed, else shared out by characters."""
+    if transcription.words:
+        return cues_from_words(transcription.words)
+    return cues_from_segments(transcription.segments)
+
+
+def segments_of(transcription: Transcription) -> tuple[Segment, ...]:
+    """Segments ending at sentence ends and pauses when the words were timed; else the
+    chunks' own."""
+    if transcription.words:
+        return tuple(segments_from_words(transcription.words))
+    return transcription.segments
 
 
 def to_srt(transcription: Transcription) -> str:
     blocks = [
-        f"{i}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n"
-        for i, (start, end, text) in enumerate(subtitle_cues(transcription.segments), start=1)
+        f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{c.text}\n"
+        for i, c in enumerate(subtitle_cues(transcription), start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(transcription: Transcription) -> str:
     blocks = ["WEBVTT\n"] + [
-        f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n"
-        for start, end, text in subtitle_cues(transcription.segments)
+        f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text}\n"
+        for c in subtitle_cues(transcription)
     ]
     return "\n".join(blocks)
 
 
 def to_verbose_json(
-    transcription: Transcription, task: str = "transcribe", segments: bool = True
+    transcription: Transcription, task: str = "transcribe", segments: bool = True,
+    words: bool = True,
 ) -> dict:
-    """OpenAI's verbose_json: `words` when they were timed, `segments` unless only words
-    were asked for (`segments=False`), as OpenAI leaves them out then."""
+    """OpenAI's verbose_json: `words` when they were timed and asked for, `segments` unless
+    only words were asked for (`segments=False`), as OpenAI leaves them out then."""
     body: dict = {
         "task": task,
         "language": transcription.language,
         "duration": transcription.duration,
         "text": transcription.text,
     }
-    if transcription.words is not None:
+    if words and transcription.words is not None:
         body["words"] = [
             {"word": w.word, "start": w.start, "end": w.end} for w in transcription.words
         ]
     if segments:
         body["segments"] = [
             {"id": s.id, "start": s.start, "end": s.end, "text": s.text}
-            for s in transcription.segments
+            for s in segments_of(transcription)
         ]
     return body
 
 
 def render_body(
     transcription: Transcription, response_format: str, task: str = "transcribe",
-    segments: bool = True,
+    segments: bool = True, words: bool = True,
 ) -> dict | str:
     """The response content as a JSON value: an object for json formats, else a string."""
     if response_format == "text":
@@ -94,13 +90,13 @@ def render_body(
     if response_format == "vtt":
         return to_vtt(transcription)
     if response_format == "verbose_json":
-        return to_verbose_json(transcription, task, segments)
+        return to_verbose_json(transcription, task, segments, words)
     return {"text": transcription.text}
 
 
 def render(
     transcription: Transcription, response_format: str, task: str = "transcribe",
-    segments: bool = True,
+    segments: bool = True, words: bool = True,
 ) -> Response:
     if response_format == "text":
         return PlainTextResponse(transcription.text + "\n")
@@ -109,5 +105,5 @@ def render(
     if response_format == "vtt":
         return PlainTextResponse(to_vtt(transcription), media_type="text/vtt")
     if response_format == "verbose_json":
-        return JSONResponse(to_verbose_json(transcription, task, segments))
+        return JSONResponse(to_verbose_json(transcription, task, segments, words))
     return JSONResponse({"text": transcription.text})

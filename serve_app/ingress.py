@@ -29,7 +29,7 @@ from serve_app.autoscaling import AUDIO_UNSENT
 from serve_app.backends.base import DecodeOptions
 from serve_app.config import AppArgs
 from serve_app.errors import APIError, from_http_status, invalid_parameter
-from serve_app.formats import render, render_body
+from serve_app.formats import TIMED_FORMATS, render, render_body
 from serve_app.metrics import IngressMetrics
 from serve_app.openapi import (
     BATCH_REQUEST_BODY,
@@ -325,7 +325,8 @@ class ASRIngress:
                 item.update(status=500, **APIError(500, "inference_failed", "Failed.").body())
             else:
                 item.update(status=200, response=render_body(
-                    outcome[0], params.response_format, segments=params.wants_segments))
+                    outcome[0], params.response_format, segments=params.wants_segments,
+                    words=params.wants_words))
             results.append(item)
         return JSONResponse({"object": "list", "data": results})
 
@@ -368,7 +369,8 @@ class ASRIngress:
         transcription, cache_hit = await self._transcribe(
             upload, options, speech, request, _no_store(request)
         )
-        response = render(transcription, params.response_format, task, params.wants_segments)
+        response = render(transcription, params.response_format, task,
+                          params.wants_segments, params.wants_words)
         response.headers["X-Cache"] = "hit" if cache_hit else "miss"
         response.headers["X-Audio-Duration"] = f"{transcription.duration:.3f}"
         return response
@@ -398,9 +400,13 @@ class ASRIngress:
             )
         if params.wants_words:
             self._check_words(params, task, info)
+        # Subtitles and segments are timed by the words where they can be (+~11 % per file,
+        # docs/performance.md); json and text pay nothing.
+        timed = (params.response_format in TIMED_FORMATS and task == "transcribe"
+                 and not params.stream and not info.get("word_timestamps_unavailable"))
         options = DecodeOptions(
             language=params.language, task=task, prompt=params.prompt,
-            temperature=params.temperature, word_timestamps=params.wants_words,
+            temperature=params.temperature, word_timestamps=params.wants_words or timed,
         )
         return params, options, speech
 

@@ -32,6 +32,7 @@ from serve_app.replica_loss import call_surviving_replica_loss
 from serve_app.replicas import ModelReplicas
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
 from serve_app.speech.word_edges import snap_to_sound
+from serve_app.subtitles import segments_at_pauses
 from serve_app.transcript import Transcription, merge_chunk_results
 
 logger = logging.getLogger("ray.serve")
@@ -47,6 +48,9 @@ class Job:
     cache_key: str | None  # None when this request must not touch the cache
     request_id: str
     reservation: Reservation  # admission capacity, released when the last chunk returns
+    # The detector's stretches of speech, in samples: segment boundaries where words
+    # cannot be timed.
+    speech: tuple[tuple[int, int], ...] = ()
 
     @property
     def duration(self) -> float:
@@ -192,7 +196,8 @@ class Transcriber:
         # What the detector left out never reaches the model: the queue holds speech only.
         reservation.narrow_to(sum(c.seconds for c in chunks))
         self._report_queue()
-        return Job(audio, chunks, options, key, request_id, reservation)
+        return Job(audio, chunks, options, key, request_id, reservation,
+                   analysis.segments if analysis is not None else ())
 
     # ---- run ----------------------------------------------------------------------
 
@@ -207,6 +212,10 @@ class Transcriber:
         if transcription.words:
             transcription = dataclasses.replace(
                 transcription, words=snap_to_sound(transcription.words, job.audio))
+        elif job.speech:
+            stretches = tuple((s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in job.speech)
+            transcription = dataclasses.replace(transcription, segments=segments_at_pauses(
+                transcription.segments, stretches))
         self._store(job.cache_key, transcription)
         return transcription
 

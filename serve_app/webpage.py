@@ -1,4 +1,5 @@
-"""The small page at `GET /`: upload or record audio, see the transcript and segments.
+"""The small page at `GET /`: upload or record audio, see the transcript and segments,
+and play it back with each word lit as it is spoken (click a word to hear it).
 
 Plain HTML and a few lines of JavaScript, served from memory: nothing to build, nothing
 fetched from elsewhere. Browser recordings arrive as WebM/Opus, which the ingress decodes.
@@ -20,6 +21,9 @@ PAGE_HTML = """<!doctype html>
   table { border-collapse: collapse; width: 100%; margin-top: 1rem; }
   td, th { border-bottom: 1px solid #ddd; padding: .3rem .5rem; text-align: left; vertical-align: top; }
   td.time { white-space: nowrap; font-variant-numeric: tabular-nums; color: #555; }
+  #transcript .word { cursor: pointer; border-radius: 3px; }
+  #transcript .word.now { background: #ffe08a; }
+  audio { width: 100%; margin-bottom: .5rem; }
 </style>
 </head>
 <body>
@@ -35,6 +39,7 @@ PAGE_HTML = """<!doctype html>
 </fieldset>
 <p id="status" role="status"></p>
 <h2>Transcript</h2>
+<audio id="player" controls hidden></audio>
 <div id="transcript"></div>
 <table id="segments"><thead><tr><th>Start</th><th>End</th><th>Text</th></tr></thead><tbody></tbody></table>
 <script>
@@ -42,21 +47,53 @@ const $ = (id) => document.getElementById(id);
 const status = (text, isError = false) => { $("status").textContent = text; $("status").className = isError ? "error" : ""; };
 const clock = (s) => new Date(s * 1000).toISOString().substring(11, 22);
 
-async function transcribe(blob, filename) {
+function request(blob, filename, words) {
   const form = new FormData();
   form.append("file", blob, filename);
   form.append("response_format", "verbose_json");
+  if (words) { form.append("timestamp_granularities[]", "word"); form.append("timestamp_granularities[]", "segment"); }
   if ($("language").value.trim()) form.append("language", $("language").value.trim());
   const headers = $("key").value ? { Authorization: "Bearer " + $("key").value } : {};
+  return fetch("v1/audio/transcriptions", { method: "POST", body: form, headers });
+}
+
+// The words as spans that light up while the audio plays; a click plays from that word.
+function showWords(words) {
+  $("transcript").textContent = "";
+  words.forEach((w, i) => {
+    const span = document.createElement("span");
+    span.className = "word"; span.textContent = w.word;
+    span.dataset.start = w.start; span.dataset.end = w.end;
+    span.onclick = () => { $("player").currentTime = w.start; $("player").play(); };
+    if (i) $("transcript").append(" ");
+    $("transcript").append(span);
+  });
+}
+function highlight(t) {
+  for (const span of document.querySelectorAll("#transcript .word")) {
+    span.classList.toggle("now", +span.dataset.start <= t && t < +span.dataset.end);
+  }
+}
+$("player").ontimeupdate = () => highlight($("player").currentTime);
+
+async function transcribe(blob, filename) {
   status("Transcribing " + filename + " ...");
   $("transcript").textContent = "";
   $("segments").tBodies[0].innerHTML = "";
+  $("player").hidden = true;
   const started = performance.now();
   try {
-    const response = await fetch("v1/audio/transcriptions", { method: "POST", body: form, headers });
-    const body = await response.json();
+    let response = await request(blob, filename, true);
+    let body = await response.json();
+    // Models that cannot time words (GLM-ASR) say so: ask again without them.
+    if (response.status === 400 && body.error.param === "timestamp_granularities") {
+      response = await request(blob, filename, false);
+      body = await response.json();
+    }
     if (!response.ok) { status("Error " + response.status + ": " + body.error.message, true); return; }
-    $("transcript").textContent = body.text || "(no speech)";
+    if (body.words && body.words.length) showWords(body.words);
+    else $("transcript").textContent = body.text || "(no speech)";
+    $("player").src = URL.createObjectURL(blob); $("player").hidden = false;
     for (const s of body.segments) {
       const row = $("segments").tBodies[0].insertRow();
       row.insertCell().textContent = clock(s.start); row.cells[0].className = "time";

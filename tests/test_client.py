@@ -90,7 +90,15 @@ def test_srt_and_json_go_to_output_dir_mirroring_folders(
                             str(out_dir), str(inputs / "sub" / "train.wav")]) == 0
     body = json.loads((out_dir / "train.json").read_text())
     assert "train" in body["text"].lower() and body["duration"] > 1 and body["segments"]
+    assert "words" not in body
     assert "1 done, 0 skipped, 0 failed" in capsys.readouterr().out
+
+    # --words: each word with its times, beside the segments.
+    assert asr_client.main(["--url", service, "--format", "json", "--words", "--overwrite",
+                            "--output-dir", str(out_dir), str(inputs / "sub" / "train.wav")]) == 0
+    body = json.loads((out_dir / "train.json").read_text())
+    assert body["segments"] and body["words"]
+    assert all(0 <= w["start"] <= w["end"] <= body["duration"] for w in body["words"])
 
 
 def test_client_imports_no_server_stack() -> None:

@@ -7,7 +7,8 @@ import io
 import srt
 import webvtt
 
-from serve_app.formats import SUBTITLE_LINE_CHARS, to_srt, to_verbose_json, to_vtt
+from serve_app.formats import to_srt, to_verbose_json, to_vtt
+from serve_app.subtitles import LINE_CHARS as SUBTITLE_LINE_CHARS
 from serve_app.transcript import Segment, Transcription
 
 LONG = (

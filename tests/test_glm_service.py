@@ -45,6 +45,20 @@ def test_long_audio_is_chunked_and_merged(glm: httpx.Client) -> None:
     assert response.json()["duration"] > 40
 
 
+def test_segments_end_at_the_detectors_pauses(glm: httpx.Client) -> None:
+    """GLM-ASR cannot time words; its segments still start and end where the speech
+    detector found speech, not at chunk edges up to 30 s apart."""
+    body = post(glm, "long_45s.wav", response_format="verbose_json").json()
+    data = (SPEECH_DIR / "long_45s.wav").read_bytes()
+    speech = glm.post("/v1/audio/speech-timestamps",
+                      files={"file": ("long.wav", data)}).json()["segments"]
+    starts = {round(s["start"], 2) for s in speech}
+    ends = {round(s["end"], 2) for s in speech}
+    segments = [s for s in body["segments"] if s["text"].strip()]
+    assert len(segments) > 1, body["segments"]
+    assert all(round(s["start"], 2) in starts and round(s["end"], 2) in ends for s in segments)
+
+
 def test_translation_is_refused_clearly(glm: httpx.Client) -> None:
     data = (SPEECH_DIR / "fox_dog.wav").read_bytes()
     response = glm.post("/v1/audio/translations", files={"file": ("a.wav", data)})

@@ -125,6 +125,16 @@ def test_upload_a_file(browser: WebDriver, service: str, tmp_path: Path) -> None
     assert css_class != "error" and text.startswith("Done: 3."), text  # 3.3 s of audio
     assert "fox" in browser.find_element(By.ID, "transcript").text.lower()
     assert_segments(browser)
+    # The words, each with its times, light up as the audio reaches them.
+    words = browser.find_elements(By.CSS_SELECTOR, "#transcript .word")
+    assert len(words) >= 8 and "fox" in " ".join(w.text.lower() for w in words)
+    fox = next(w for w in words if "fox" in w.text.lower())
+    start, end = float(fox.get_attribute("data-start")), float(fox.get_attribute("data-end"))
+    assert 0 <= start < end <= 3.4
+    browser.execute_script(f"highlight({(start + end) / 2})")
+    lit = browser.find_elements(By.CSS_SELECTOR, "#transcript .word.now")
+    assert [w.text for w in lit] == [fox.text]
+    assert browser.find_element(By.ID, "player").is_displayed()
     browser.save_screenshot(str(tmp_path / "webpage.png"))  # kept with pytest's tmp dirs
 
 

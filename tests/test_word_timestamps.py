@@ -79,18 +79,28 @@ def test_words_only_leave_segments_out_and_both_give_both(sdk: OpenAI, service: 
 
 
 def test_a_transcript_cached_without_words_never_answers_for_words(service: str) -> None:
-    data = (SPEECH_DIR / "oak_tree.wav").read_bytes()
+    import io
+
+    import soundfile as sf
+
+    # A file no other test sends: the fixture with a tail of silence of its own.
+    audio, rate = sf.read(SPEECH_DIR / "oak_tree.wav", dtype="float32")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate([audio, np.zeros(1237, np.float32)]), rate, format="WAV")
+    data = buffer.getvalue()
 
     def ask(**fields) -> httpx.Response:
         return httpx.post(f"{service}/v1/audio/transcriptions", timeout=300,
-                          files={"file": ("a.wav", data)},
-                          data={"response_format": "verbose_json", **fields})
+                          files={"file": ("a.wav", data)}, data=fields)
 
-    first = ask()
-    assert "words" not in first.json()
-    second = ask(**{"timestamp_granularities[]": "word"})
+    assert ask(response_format="json").headers["X-Cache"] == "miss"  # no words timed
+    words = {"response_format": "verbose_json", "timestamp_granularities[]": "word"}
+    second = ask(**words)
     assert second.headers["X-Cache"] == "miss" and second.json()["words"]
-    assert ask(**{"timestamp_granularities[]": "word"}).headers["X-Cache"] == "hit"
+    assert ask(**words).headers["X-Cache"] == "hit"
+    # Timed formats share that entry; words appear only where they were asked for.
+    plain = ask(response_format="verbose_json")
+    assert plain.headers["X-Cache"] == "hit" and "words" not in plain.json()
 
 
 @pytest.mark.parametrize("fields,reason", [
@@ -120,3 +130,21 @@ def test_translations_and_glm_asr_refuse_words_and_say_why(service: str,
                      files={"file": ("a.wav", data)}, data=fields)
     assert glm.status_code == 400
     assert "GLM" in glm.json()["error"]["message"] or "audio in time" in glm.json()["error"]["message"]
+
+
+def test_subtitles_appear_when_their_first_word_is_spoken(service: str) -> None:
+    """srt without asking for words: cues are timed by them all the same."""
+    import srt as srt_format
+
+    truth = json.loads((WORDS_DIR / "traffic_gaps.json").read_text())["words"]
+    known_starts = [w["start"] for w in truth]
+    data = (WORDS_DIR / "traffic_gaps.wav").read_bytes()
+    response = httpx.post(f"{service}/v1/audio/transcriptions", timeout=300,
+                          files={"file": ("a.wav", data)},
+                          data={"response_format": "srt", "language": "en"})
+    cues = list(srt_format.parse(response.text))
+    assert cues
+    for cue in cues:
+        start = cue.start.total_seconds()
+        assert min(abs(start - k) for k in known_starts) < 0.1, (start, known_starts)
+        assert all(len(line) <= 42 for line in cue.content.split("\n"))
