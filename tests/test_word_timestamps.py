@@ -148,3 +148,19 @@ def test_subtitles_appear_when_their_first_word_is_spoken(service: str) -> None:
         start = cue.start.total_seconds()
         assert min(abs(start - k) for k in known_starts) < 0.1, (start, known_starts)
         assert all(len(line) <= 42 for line in cue.content.split("\n"))
+
+
+def test_the_batch_endpoint_times_each_files_words(service: str) -> None:
+    files = [("file", (f"{name}.wav", (WORDS_DIR / f"{name}.wav").read_bytes()))
+             for name in EXAMPLES]
+    response = httpx.post(f"{service}/v1/audio/transcriptions/batch", timeout=300, files=files,
+                          data={"response_format": "verbose_json", "language": "en",
+                                "timestamp_granularities[]": "word"})
+    assert response.status_code == 200, response.text
+    items = response.json()["data"]
+    assert [item["status"] for item in items] == [200] * len(EXAMPLES)
+    for name, item in zip(EXAMPLES, items):
+        truth = json.loads((WORDS_DIR / f"{name}.json").read_text())["words"]
+        words = item["response"]["words"]
+        assert len(words) >= 0.7 * len(truth) and "segments" not in item["response"]
+        assert abs(words[0]["start"] - truth[0]["start"]) < 0.3
