@@ -38,7 +38,7 @@ from serve_app.openapi import (
     TRANSCRIPTION_REQUEST_BODY,
 )
 from serve_app.params import SpeechParams, TranscriptionParams, check_model, parse_params
-from serve_app.replicas import ModelReplicas
+from serve_app.replicas import DeploymentReplicas
 from serve_app.speech import SpeechDetector, SpeechOptions
 from serve_app.transcriber import Job, Transcriber
 from serve_app.upload import Upload, read_upload, read_uploads
@@ -170,11 +170,11 @@ class ASRIngress:
         # Loaded here, once per replica; a failure makes /readyz say why instead of crashing.
         self.speech = SpeechDetector(self._args.speech.model_path)
         context = serve.get_replica_context()
-        self._replicas = ModelReplicas(context.app_name)
+        self._replicas = DeploymentReplicas(context.app_name)
         self._transcriber = Transcriber(
             model, self._args, self.metrics, self.speech,
             model_replicas=self._replicas,
-            ingress_replicas=ModelReplicas(context.app_name, context.deployment),
+            ingress_replicas=DeploymentReplicas(context.app_name, context.deployment),
         )
         self._model_info: dict | None = None
         api.state.ingress = self  # the middleware runs outside the route's instance

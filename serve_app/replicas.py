@@ -1,4 +1,5 @@
-"""What the model deployment's replicas are doing, as the Serve controller sees it.
+"""What a deployment's replicas are doing, as the Serve controller sees it: the model's
+(readiness, admission control) and the ingress's own (its share of the model pool).
 
 The ingress reads this instead of calling the model when that call would change what it
 measures: at zero replicas a call would start one (a readiness probe must not wake a pool
@@ -44,7 +45,7 @@ class ReplicaCounts:
         return {**asdict(self), "scales_to_zero": self.scales_to_zero}
 
 
-class ModelReplicas:
+class DeploymentReplicas:
     """One deployment's replicas (the model's unless told otherwise)."""
 
     def __init__(self, app_name: str, deployment: str = MODEL_DEPLOYMENT,

@@ -29,7 +29,7 @@ from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
 from serve_app.replica_loss import call_surviving_replica_loss
-from serve_app.replicas import ModelReplicas
+from serve_app.replicas import DeploymentReplicas
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
 from serve_app.speech.word_edges import snap_to_sound
 from serve_app.subtitles import segments_at_pauses
@@ -64,8 +64,8 @@ class Transcriber:
         args: AppArgs,
         metrics: IngressMetrics,
         detector: SpeechDetector,
-        model_replicas: ModelReplicas,
-        ingress_replicas: ModelReplicas,
+        model_replicas: DeploymentReplicas,
+        ingress_replicas: DeploymentReplicas,
     ) -> None:
         self._model = model
         self._args = args

@@ -24,6 +24,9 @@ import torch
 FRAMES_PER_SECOND = 50  # Whisper's encoder: one frame per 20 ms (two 10-ms mel frames)
 SAMPLES_PER_FRAME = 320  # at 16 kHz
 MEDIAN_FILTER_WIDTH = 7  # openai-whisper's: smooths single-frame spikes in the attention
+# A token starts where its attention has risen half-way from the low to the high of its
+# stretch of the warping path.
+ONSET_FRACTION = 0.5
 # Punctuation joins the word it leans on, as openai-whisper merges it.
 PREPENDED = "\"'“¿([{-"
 APPENDED = "\"'.。,，!！?？:：”)]}、"
@@ -36,7 +39,6 @@ class TimedWord:
     word: str  # as it appears in the text, with a leading space where the text has one
     start: float  # seconds from the start of the chunk
     end: float
-    probability: float | None = None
 
 
 def alignment_heads(model) -> list[tuple[int, int]]:
@@ -104,10 +106,7 @@ def token_frames(scores: torch.Tensor, n_frames: int, n_prefix: int) -> np.ndarr
     text_indices, time_indices = dtw(-matrix)
     jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
     frames = time_indices[jumps]
-    return _attention_onsets(matrix, frames) if REFINE_ONSETS else frames
-
-
-REFINE_ONSETS = True
+    return _attention_onsets(matrix, frames)
 
 
 def _attention_onsets(matrix: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -123,9 +122,6 @@ def _attention_onsets(matrix: np.ndarray, frames: np.ndarray) -> np.ndarray:
         low, high = stretch.min(), stretch.max()
         refined[row] = begin + int(np.argmax(stretch >= low + ONSET_FRACTION * (high - low)))
     return refined
-
-
-ONSET_FRACTION = 0.5
 
 
 def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -213,7 +209,9 @@ def _is_punctuation(text: str) -> bool:
 
 
 def _merge_punctuation(groups: list[list[int]], token_texts: list[str]) -> list[list[int]]:
-    words = lambda g: "".join(token_texts[i] for i in g).strip()  # noqa: E731
+    def words(group: list[int]) -> str:
+        return "".join(token_texts[i] for i in group).strip()
+
     merged: list[list[int]] = []
     pending_prefix: list[int] = []
     for group in groups:
@@ -227,8 +225,11 @@ def _merge_punctuation(groups: list[list[int]], token_texts: list[str]) -> list[
             merged[-1] += group  # a full stop or comma: onto the previous word
         else:
             merged.append(group)
-    if pending_prefix:
-        (merged[-1] if merged else merged.append([]) or merged[-1]).extend(pending_prefix)
+    if pending_prefix:  # an opening mark at the very end stays with the last word
+        if merged:
+            merged[-1].extend(pending_prefix)
+        else:
+            merged.append(pending_prefix)
     return [g for g in merged if words(g)]
 
 

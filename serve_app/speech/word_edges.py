@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from serve_app.speech.silero import SAMPLE_RATE
 from serve_app.transcript import Word
 
-SAMPLE_RATE = 16_000
 FRAME = 160  # 10 ms
 # Weak consonants (f, th, h) sit 30-35 dB under a word's vowel; breath and room noise in
 # a pause, further down. 40 dB keeps the consonants in the word.
