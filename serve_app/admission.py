@@ -139,9 +139,12 @@ class AdmissionController:
 
     # ---- deciding ------------------------------------------------------------------
 
-    def reserve(self, audio_seconds: float) -> Reservation:
-        """Hold capacity or raise 503 now, before any response has started."""
-        self.refuse_if_full(audio_seconds)
+    def reserve(self, audio_seconds: float, refusable: bool = True) -> Reservation:
+        """Hold capacity or raise 503 now, before any response has started. Live turns are
+        not refusable (their session was admitted): they count, so files see them, but go
+        ahead of the queue they are counted in (serve_app.priority)."""
+        if refusable:
+            self.refuse_if_full(audio_seconds)
         self._queued += audio_seconds
         self._unsent += audio_seconds
         return Reservation(self, audio_seconds)

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, ChunkResult, DecodeOptions
+from serve_app.priority import Priority
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ChunkRequest:
     # The encoder window this chunk is padded to (BackendInfo.window_for: Whisper 30 s, or
     # 5-30 s trimmed); None when a call is padded to its longest chunk only.
     window_s: float | None = float(MAX_CHUNK_SECONDS)
+    priority: Priority = Priority.SYNC  # only for metrics here: the gate already ordered it
 
     @property
     def cost_s(self) -> float:

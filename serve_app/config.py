@@ -58,8 +58,9 @@ class ModelSettings(_Strict):
         None, description="Name shown by /v1/models; defaults to the last part of `id`."
     )
     aliases: tuple[str, ...] = Field(
-        ("whisper-1",),
-        description="Other names clients may send as `model` (OpenAI SDKs send whisper-1).",
+        ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"),
+        description="Other names clients may send as `model`: OpenAI's SDKs and apps send "
+        "whisper-1, and OpenAI's Realtime clients gpt-4o-(mini-)transcribe.",
     )
     quantization: Literal["none", "int8"] = Field(
         "none",
@@ -237,6 +238,64 @@ class SpeechSettings(_Strict):
     )
 
 
+class RealtimeSettings(_Strict):
+    """Live transcription over `/v1/realtime` (OpenAI's Realtime protocol, transcription
+    mode). The defaults of `server_vad` are OpenAI's; the limits keep one client from
+    holding an ingress replica's memory or cores."""
+
+    enabled: bool = True
+    max_sessions: int = Field(
+        32, ge=1, le=10_000,
+        description="Open sessions per ingress replica; the next handshake gets 503. Two "
+        "cores sustain about this many real-time streams of speech (docs/performance.md).",
+    )
+    max_session_s: float = Field(
+        900.0, ge=10, le=7200,
+        description="A session's longest life: it then ends with an error event and close "
+        "code 1000. Keep the ingress's graceful_shutdown_timeout_s above this plus "
+        "drain_grace_s (the configs do; tests check), so a drain never cuts a turn short.",
+    )
+    idle_timeout_s: float = Field(
+        60.0, ge=1, le=3600,
+        description="A session that sends nothing for this long is closed (HAProxy's own "
+        "`timeout client` is an hour; a silent microphone still sends audio).",
+    )
+    max_buffer_s: float = Field(
+        300.0, ge=1, le=3600,
+        description="Most uncommitted audio in the input buffer (manual turns); an append "
+        "past it gets an error event and is dropped.",
+    )
+    max_turn_s: float = Field(
+        120.0, ge=5, le=3600,
+        description="With server_vad, a turn this long is committed even if speech goes on.",
+    )
+    max_event_bytes: int = Field(
+        1 * MiB, ge=1024, le=64 * MiB,
+        description="Largest client event (OpenAI's base64 appends are up to 15 MiB; a "
+        "real-time client sends a few KB every 20-100 ms).",
+    )
+    partial_every_s: float = Field(
+        0.5, ge=0.1, le=10,
+        description="New speech between two decodes of the growing turn. Text is sent once "
+        "two decodes agree on it, so deltas follow speech by about twice this plus a decode.",
+    )
+    seal_after_s: float = Field(
+        25.0, ge=5, le=30,
+        description="A turn's part that is still decoded whole; past this the part up to "
+        "its deepest recent pause is decoded once and set aside, as files are split.",
+    )
+    drain_grace_s: float = Field(
+        10.0, ge=0, le=600,
+        description="When the ingress replica drains, open turns get this long to finish "
+        "before the session ends with `server_shutting_down` and close code 1012.",
+    )
+
+    @property
+    def graceful_shutdown_s(self) -> float:
+        """The ingress's graceful_shutdown_timeout_s: longer than any session may live."""
+        return self.max_session_s + self.drain_grace_s + 5.0
+
+
 class AppArgs(_Strict):
     """The `args:` of the application in `configs/*.yaml` (see `serve_app.app.build_app`)."""
 
@@ -246,6 +305,7 @@ class AppArgs(_Strict):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     readiness_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long /readyz waits for the model's ready() answer."
     )

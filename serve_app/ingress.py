@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -38,6 +38,9 @@ from serve_app.openapi import (
     TRANSCRIPTION_REQUEST_BODY,
 )
 from serve_app.params import SpeechParams, TranscriptionParams, check_model, parse_params
+from serve_app.realtime.decoding import LiveDecoder
+from serve_app.realtime.session import RealtimeSession
+from serve_app.realtime.transport import SessionRegistry, refuse, requested_key, run_session
 from serve_app.replicas import DeploymentReplicas
 from serve_app.speech import SpeechDetector, SpeechOptions
 from serve_app.transcriber import Job, Transcriber
@@ -171,12 +174,15 @@ class ASRIngress:
         self.speech = SpeechDetector(self._args.speech.model_path)
         context = serve.get_replica_context()
         self._replicas = DeploymentReplicas(context.app_name)
+        ingress_replicas = DeploymentReplicas(context.app_name, context.deployment)
         self._transcriber = Transcriber(
             model, self._args, self.metrics, self.speech,
-            model_replicas=self._replicas,
-            ingress_replicas=DeploymentReplicas(context.app_name, context.deployment),
+            model_replicas=self._replicas, ingress_replicas=ingress_replicas,
         )
         self._model_info: dict | None = None
+        replica_id = context.replica_id.unique_id
+        self._sessions = SessionRegistry(
+            self._args.realtime, lambda: ingress_replicas.state_of(replica_id))
         api.state.ingress = self  # the middleware runs outside the route's instance
         logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
 
@@ -220,6 +226,7 @@ class ASRIngress:
             "ingress": {"chunk_retries": self._transcriber.chunk_retries},
             # What the next admission decision would use (docs/operations.md).
             "admission": self._transcriber.admission.describe(),
+            "realtime": self._sessions.describe(),
         }
         if counts is not None:
             body["replicas"] = counts.as_dict()
@@ -276,6 +283,66 @@ class ASRIngress:
                 for name in (settings.name, *settings.aliases)
             ],
         }
+
+    # ---- live transcription ---------------------------------------------------------
+
+    @api.websocket("/v1/realtime")
+    async def realtime(self, websocket: WebSocket) -> None:
+        """OpenAI's Realtime API in transcription mode (docs/realtime.md)."""
+        request_id = websocket.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            info = await self._admit_session(websocket)
+        except APIError as exc:
+            self.metrics.rejections.inc(tags={"reason": "auth" if exc.status == 401
+                                              else "realtime"})
+            await refuse(websocket, exc)
+            return
+        settings = self._args.model
+        beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
+        decoder = LiveDecoder(self._transcriber, self._model, self.speech, self._args,
+                              self.metrics, request_id)
+
+        def make_session(send) -> RealtimeSession:
+            return RealtimeSession(
+                send, decoder, self._args.realtime, model_name=settings.name,
+                accepts_model=settings.accepts, languages=tuple(info.get("languages") or ()),
+                beta=beta)
+
+        # _admit_session reserved the session's slot; run_session gives it back.
+        await run_session(websocket, self._sessions, make_session, self.metrics)
+
+    async def _admit_session(self, websocket: WebSocket) -> dict:
+        """The handshake's checks, in the order a client can fix them; the model's
+        abilities (languages) when admitted."""
+        if not self._args.realtime.enabled:
+            raise APIError(404, "not_found", "Live transcription is turned off here.")
+        key = requested_key(websocket)
+        self.auth.check("/v1/realtime", f"Bearer {key}" if key else None)
+        intent = websocket.query_params.get("intent")
+        if intent != "transcription":
+            raise invalid_parameter(
+                "intent", "This service serves transcription sessions: connect to "
+                "/v1/realtime?intent=transcription.")
+        model = websocket.query_params.get("model")
+        if model:
+            check_model(model, self._args.model.accepts, self._args.model.name)
+        if not self.speech.ready:
+            raise APIError(503, "not_ready", "The speech detector is unavailable: "
+                           f"{self.speech.error}",
+                           headers={"Retry-After": str(self._args.admission.retry_after_s)})
+        if not self._sessions.reserve():
+            raise APIError(
+                503, "overloaded",
+                f"This replica holds its most live sessions "
+                f"({self._args.realtime.max_sessions}) or is draining; retry after the "
+                "indicated delay.",
+                headers={"Retry-After": str(self._args.admission.retry_after_s)})
+        try:
+            return self._model_info or await self._fetch_model_info(
+                self._args.limits.timeout_base_s)
+        except BaseException:
+            self._sessions.closed()
+            raise
 
     # ---- transcription ------------------------------------------------------------
 

@@ -131,6 +131,24 @@ class IngressMetrics:
             description="Time the queued audio would take at the pool's measured speed and "
             "largest size; requests are shed above admission.max_expected_wait_s.",
         )
+        # Live transcription (serve_app.realtime).
+        self.live_sessions = RefreshedGauge(
+            "asr_live_sessions", description="Open /v1/realtime sessions on this ingress replica."
+        )
+        self.live_turns = Counter(
+            "asr_live_turns_total", description="Live turns transcribed (completed events)."
+        )
+        self.live_first_delta = Histogram(
+            "asr_live_first_delta_seconds",
+            description="From a turn's start of speech to its first transcript delta.",
+            boundaries=LATENCY_BOUNDARIES_S,
+        )
+        self.live_final_latency = Histogram(
+            "asr_live_final_latency_seconds",
+            description="From a turn's commit (end of speech plus the closing pause, or the "
+            "client's commit) to its completed transcript.",
+            boundaries=LATENCY_BOUNDARIES_S,
+        )
 
 
 class ModelMetrics:
@@ -147,8 +165,16 @@ class ModelMetrics:
         )
         self.batch_wait = Histogram(
             "asr_chunk_batch_wait_seconds",
-            description="Time a chunk waited in the replica before its batch ran.",
+            description="Time a chunk waited in the replica before its batch ran, by "
+            "priority class (live, sync, job).",
             boundaries=WAIT_BOUNDARIES_S,
+            tag_keys=("priority",),
+        )
+        self.waiting_chunks = RefreshedGauge(
+            "asr_model_waiting_chunks",
+            description="Chunks a model replica holds back from its batcher, by priority "
+            "class: the backlog that live turns overtake.",
+            tag_keys=("priority",),
         )
         self.inference_time = Histogram(
             "asr_batch_inference_seconds",

@@ -18,22 +18,25 @@ import numpy as np
 from ray import serve
 
 from serve_app.autoscaling import AUDIO_PENDING, AUDIO_RATE, AudioLoad
-from serve_app.backends.base import SAMPLE_RATE, ChunkResult, DecodeOptions
+from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, ChunkResult, DecodeOptions
 from serve_app.batching import (
     BatchHealth,
     ChunkRequest,
     batch_shape,
     batch_size_in_windows,
+    chunk_cost_seconds,
     group_for_generate,
     run_batch,
 )
 from serve_app.config import BatchingConfig, ModelSettings
 from serve_app.metrics import ModelMetrics
 from serve_app.openmp import configure_openmp
+from serve_app.priority import Priority, PriorityGate
 
 logger = logging.getLogger("ray.serve")
 
 WARMUP_SECONDS = 1.0  # enough to run every layer once, cheap on any device
+LIVE_BATCH_WAIT_S = 0.01  # live chunks arriving together batch; none waits for company
 
 
 @serve.deployment(
@@ -50,9 +53,15 @@ class ASRModel:
         # One thread runs every forward pass: its OpenMP team stays the same and warm, and
         # no second team spins on the same cores (asyncio.to_thread hops between threads).
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Live turns' lane (serve_app.priority): a second thread, so a live chunk starts at
+        # once beside a batch of files instead of after it. Same weights, no copy.
+        self._live_inference = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="live-inference", initializer=self._set_threads)
         self._metrics = ModelMetrics()
         self._health = BatchHealth()
         self._batching = BatchingConfig()
+        # About one batch in the batcher at a time, the rest held back in priority order.
+        self._gate = PriorityGate(self._batching.max_batch_size * MAX_CHUNK_SECONDS)
         # Totals since start, reported by ready(): operators and tests see batching work.
         self._batches_run = 0
         self._chunks_run = 0
@@ -66,6 +75,8 @@ class ASRModel:
         self._startup: dict[str, float] = {}
         started = time.monotonic()
         self._inference.submit(self._load).result()
+        if self._settings.warmup:  # the live lane's thread too: its first turn is not slow
+            self._live_inference.submit(self._warm_up).result()
         self._startup["total_s"] = time.monotonic() - started
         self._startup = {k: round(v, 3) for k, v in self._startup.items()}
         self._metrics.startup_time.observe(self._startup["total_s"])
@@ -89,8 +100,7 @@ class ASRModel:
 
         self._startup["torch_import_s"] = time.monotonic() - started
 
-        if self._settings.torch_threads:
-            torch.set_num_threads(self._settings.torch_threads)
+        self._set_threads()
         self._device = resolve_device(self._settings.device)
         self._dtype = resolve_dtype(self._settings.dtype, self._device)
         self._backend = load_backend(
@@ -112,6 +122,13 @@ class ASRModel:
             self._warm_up()
             self._startup["warm_up_s"] = time.monotonic() - started
 
+    def _set_threads(self) -> None:
+        """torch's intra-op threads for the calling thread (OpenMP keeps them per thread)."""
+        if self._settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self._settings.torch_threads)
+
     def _warm_up(self) -> None:
         rng = np.random.default_rng(0)
         noise = (0.01 * rng.standard_normal(int(16_000 * WARMUP_SECONDS))).astype(np.float32)
@@ -123,6 +140,8 @@ class ASRModel:
         config = BatchingConfig.model_validate(user_config or {})
         self._transcribe_batch.set_max_batch_size(config.max_batch_size)
         self._transcribe_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._transcribe_live.set_max_batch_size(config.max_batch_size)
+        self._gate.set_capacity(config.max_batch_size * MAX_CHUNK_SECONDS)
         self._batching = config
         logger.info("batching set to %s", config.model_dump())
 
@@ -147,18 +166,33 @@ class ASRModel:
             "startup_s": self._startup,
         }
 
-    async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> ChunkResult:
-        """One chunk in, one result out; batched with whatever else is waiting."""
+    async def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, priority: int = Priority.SYNC
+    ) -> ChunkResult:
+        """One chunk in, one result out, batched with others of its lane: live turns on
+        their own thread at once; files and jobs through the batcher, more urgent classes
+        first (serve_app.priority)."""
         window_s = self._backend.info.window_for(audio.size)
         audio_s = audio.size / SAMPLE_RATE
+        priority = Priority(priority)
         self._audio_load.arrived(audio_s)
+        arrived = time.monotonic()
+        request = ChunkRequest(audio, options, arrived, window_s=window_s, priority=priority)
         try:
-            result = await self._transcribe_batch(
-                ChunkRequest(audio, options, time.monotonic(), window_s=window_s)
-            )
+            if priority == Priority.LIVE:
+                result = await self._transcribe_live(request)
+            else:
+                async with self._gate.admitted(priority, chunk_cost_seconds(audio.size, window_s)):
+                    self._report_waiting()
+                    result = await self._transcribe_batch(request)
         finally:
             self._audio_load.finished(audio_s)
+            self._report_waiting()
         return dataclasses.replace(result, replica_audio_s_per_s=self._audio_load.rate)
+
+    def _report_waiting(self) -> None:
+        for priority, count in self._gate.waiting_by_class.items():
+            self._metrics.waiting_chunks.set(count, tags={"priority": priority.name.lower()})
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Audio held and measured speed, for serve_app.autoscaling.AudioSecondsPolicy
@@ -172,9 +206,21 @@ class ASRModel:
     # Sizes count 30-second windows of audio, not chunks (batching.batch_size_in_windows).
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=batch_size_in_windows)
     async def _transcribe_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        return await self._run(requests, self._inference, measure_rate=True)
+
+    # Live turns batch among themselves, with a short wait: a speaker is waiting.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=LIVE_BATCH_WAIT_S,
+                 batch_size_fn=batch_size_in_windows)
+    async def _transcribe_live(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        # Not measured for the replica's speed: it shares the cores with the other lane.
+        return await self._run(requests, self._live_inference, measure_rate=False)
+
+    async def _run(self, requests: list[ChunkRequest], executor: ThreadPoolExecutor,
+                   measure_rate: bool) -> list[ChunkResult]:
         started = time.monotonic()
         for request in requests:
-            self._metrics.batch_wait.observe(started - request.enqueued_at)
+            self._metrics.batch_wait.observe(
+                started - request.enqueued_at, tags={"priority": request.priority.name.lower()})
         calls = group_for_generate(requests)
         shape = batch_shape(requests, calls)
         self._metrics.batch_size.observe(len(requests))
@@ -185,11 +231,12 @@ class ASRModel:
         self._audio_s_run += shape.audio_s
         self._padded_s_run += shape.padded_s
         results = await asyncio.get_running_loop().run_in_executor(
-            self._inference, run_batch, self._backend.transcribe_batch, requests, calls
+            executor, run_batch, self._backend.transcribe_batch, requests, calls
         )
         busy_s = time.monotonic() - started
         self._metrics.inference_time.observe(busy_s)
-        self._audio_load.batch_done(shape.audio_s, busy_s)
+        if measure_rate:
+            self._audio_load.batch_done(shape.audio_s, busy_s)
         failures = sum(1 for r in results if r.error)
         if failures:
             self._metrics.chunk_failures.inc(failures)

@@ -71,6 +71,14 @@ class DeploymentReplicas:
         self._cached = (time.monotonic(), counts)
         return counts
 
+    async def state_of(self, replica_id: str) -> str | None:
+        """One replica's state (RUNNING, STOPPING, ...) as the controller sees it now."""
+        details = await asyncio.wait_for(self._ask_controller(), self._timeout_s)
+        for replica in details.replicas:
+            if getattr(replica, "replica_id", None) == replica_id:
+                return str(getattr(replica.state, "value", replica.state))
+        return None
+
     async def _ask_controller(self):
         if self._controller is None:
             import ray

@@ -28,6 +28,7 @@ from serve_app.chunking import Chunk, split_into_chunks
 from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
+from serve_app.priority import Priority
 from serve_app.replica_loss import call_surviving_replica_loss
 from serve_app.replicas import DeploymentReplicas
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
@@ -51,6 +52,7 @@ class Job:
     # The detector's stretches of speech, in samples: segment boundaries where words
     # cannot be timed.
     speech: tuple[tuple[int, int], ...] = ()
+    priority: Priority = Priority.SYNC  # the model replica's order (serve_app.priority)
 
     @property
     def duration(self) -> float:
@@ -186,6 +188,19 @@ class Transcriber:
     ) -> Job:
         self.check_detector(speech)
         audio, reservation = await self.decode_and_admit(data)
+        return await self.prepare_decoded(audio, reservation, options, speech, request_id, key)
+
+    async def prepare_decoded(
+        self,
+        audio: np.ndarray,
+        reservation: Reservation,
+        options: DecodeOptions,
+        speech: SpeechOptions,
+        request_id: str,
+        key: str | None = None,
+        priority: Priority = Priority.SYNC,
+    ) -> Job:
+        """Speech detection and the split into chunks, as for every file (live turns too)."""
         try:
             analysis = await self.find_speech(audio, speech) if speech.enabled else None
             chunks = await asyncio.to_thread(split_into_chunks, audio, analysis)
@@ -197,7 +212,7 @@ class Transcriber:
         reservation.narrow_to(sum(c.seconds for c in chunks))
         self._report_queue()
         return Job(audio, chunks, options, key, request_id, reservation,
-                   analysis.segments if analysis is not None else ())
+                   analysis.segments if analysis is not None else (), priority)
 
     # ---- run ----------------------------------------------------------------------
 
@@ -239,7 +254,8 @@ class Transcriber:
 
                     async def call() -> ChunkResult:
                         self._metrics.model_chunks.inc()
-                        return await self._model.transcribe.remote(samples, job.options)
+                        return await self._model.transcribe.remote(
+                            samples, job.options, int(job.priority))
 
                     result = await call_surviving_replica_loss(
                         call,

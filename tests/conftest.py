@@ -123,6 +123,7 @@ GLM_ROUTE = "/glm"
 GLM_API_KEY = "test-key-for-the-glm-app"
 # Small enough that a few concurrent 45 s uploads overflow it.
 GLM_MAX_QUEUED_AUDIO_S = 60.0
+GLM_REALTIME_LIMITS = {"max_sessions": 2, "idle_timeout_s": 3, "max_session_s": 12}
 
 
 def glm_api_keys_file(model_path: Path) -> Path:
@@ -156,6 +157,8 @@ def tiny_glm_app(model_path: Path) -> dict:
         "glm", GLM_ROUTE, model_path, 0.1,
         auth={"api_keys_file": str(keys_file)},
         admission={"max_queued_audio_seconds": GLM_MAX_QUEUED_AUDIO_S, "retry_after_s": 1},
+        # Live-session limits small enough to reach in a test.
+        realtime=GLM_REALTIME_LIMITS,
     )
 
 

@@ -79,7 +79,8 @@ def test_openai_sdk_translation(sdk: OpenAI) -> None:
 
 
 def test_openai_sdk_models(sdk: OpenAI) -> None:
-    assert {m.id for m in sdk.models.list()} == {"whisper-base", "whisper-1"}
+    assert {m.id for m in sdk.models.list()} == {
+        "whisper-base", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"}
 
 
 def test_batch_endpoint_one_result_per_file_in_order(client: httpx.Client) -> None:

@@ -28,6 +28,12 @@ def test_config_is_valid(path: Path) -> None:
     batching = BatchingConfig.model_validate(model.user_config)
     # Batches can only fill when the replica accepts at least a batch of requests.
     assert model.max_ongoing_requests >= batching.max_batch_size
+    # An open live session is an ongoing request of the ingress: HTTP requests keep room
+    # beside the most sessions, and a drain outlasts the longest session.
+    args = AppArgs.model_validate(app.args)
+    ingress = deployments(config)["ASRIngress"]
+    assert ingress.max_ongoing_requests >= 2 * args.realtime.max_sessions
+    assert ingress.graceful_shutdown_timeout_s >= args.realtime.graceful_shutdown_s
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def test_health_and_readiness(client: httpx.Client) -> None:
 
 def test_models_lists_the_served_model_and_alias(client: httpx.Client) -> None:
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert ids == ["whisper-base", "whisper-1"]
+    assert ids == ["whisper-base", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
 
 
 def test_transcribes_speech_accurately(client: httpx.Client) -> None:

@@ -97,7 +97,7 @@ def test_the_detectors_input_does_not_depend_on_the_level() -> None:
 def test_a_live_stream_gets_the_same_probabilities_as_the_file(detector: SpeechDetector) -> None:
     audio = load_fixture(LONG_FIXTURE).audio[: 12 * SAMPLE_RATE]
     whole = detector.vad.probabilities(audio)
-    stream = detector.vad.stream()
+    stream = detector.vad.stream(level_independent=False)
     parts = [stream.push(audio[i : i + 2400]) for i in range(0, audio.size, 2400)]  # 150 ms
     live = np.concatenate(parts)
     assert live.size == audio.size // WINDOW
@@ -117,6 +117,26 @@ def test_live_turns_follow_the_pauses_between_sentences(detector: SpeechDetector
         assert started.audio_ms == max(0, started.speech_ms - 300)  # prefix padding
         assert stopped.audio_ms >= stopped.speech_ms + 500  # the silence that ended it
         assert 1500 < stopped.speech_ms - started.speech_ms < 7000  # one sentence
+
+
+def _live_turns(detector: SpeechDetector, audio: np.ndarray) -> list:
+    stream, turns = detector.vad.stream(), TurnDetector(silence_duration_ms=500)
+    events = []
+    for i in range(0, audio.size, 1600):
+        events += turns.update(stream.push(audio[i : i + 1600]))
+    return events + turns.update(stream.push(np.zeros(SAMPLE_RATE, np.float32)))
+
+
+@pytest.mark.parametrize("level_db", [-40, -20, 6])
+def test_live_turns_do_not_depend_on_the_level(detector: SpeechDetector, level_db: int) -> None:
+    """The live gain (the file gain's causal twin) makes a quiet or loud speaker start and
+    end turns where a normal one does: within 3 windows (~0.1 s)."""
+    audio = load_fixture(LONG_FIXTURE).audio[: 20 * SAMPLE_RATE]
+    normal = _live_turns(detector, audio)
+    other = _live_turns(detector, np.clip(audio * db(level_db), -1, 1).astype(np.float32))
+    assert [e.kind for e in other] == [e.kind for e in normal]
+    for a, b in zip(normal, other):
+        assert abs(a.speech_ms - b.speech_ms) <= 3 * WINDOW * 1000 / SAMPLE_RATE, (a, b)
 
 
 def test_segment_rules_on_made_up_probabilities() -> None:

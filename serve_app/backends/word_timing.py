@@ -15,6 +15,8 @@ inputs, for one extra pass (measured in docs/performance.md).
 
 from __future__ import annotations
 
+import threading
+
 import string
 from dataclasses import dataclass
 
@@ -57,6 +59,9 @@ class CrossAttentionCapture:
     def __init__(self, decoder, heads: list[tuple[int, int]]) -> None:
         self._decoder = decoder
         self._heads = heads
+        # The model deployment runs a live lane beside the batch on another thread: the
+        # hooks are on the shared modules, so they keep only this thread's calls.
+        self._thread = threading.get_ident()
         self.scores: dict[tuple[int, int], torch.Tensor] = {}  # (layer, head) -> (B, T, F)
         self._handles: list = []
 
@@ -75,7 +80,11 @@ class CrossAttentionCapture:
     def _hook(self, layer_index: int):
         heads = [head for layer, head in self._heads if layer == layer_index]
 
-        def capture(module, args, kwargs):
+        def capture(module, args, kwargs=None):
+            # kwargs is None when another thread's call races the hook's removal (torch
+            # reads the hook table twice); that call is not ours either.
+            if kwargs is None or threading.get_ident() != self._thread:
+                return
             hidden = args[0] if args else kwargs["hidden_states"]
             encoder_states = kwargs["key_value_states"]
             batch, tokens, _ = hidden.shape

@@ -72,6 +72,37 @@ def detector_gains(audio: np.ndarray) -> np.ndarray:
     return (10.0 ** (gain_db / 20.0)).astype(np.float32)
 
 
+class LiveDetectorGain:
+    """`detector_gains` for live audio, which has no future: the envelope is the loudest
+    window of the past DETECTOR_ENVELOPE_SECONDS, this one included, so a loud onset lowers
+    the gain at once (nothing clips), while the gain rises back only at RELEASE_DB_PER_S
+    (a pause inside a turn does not lift the room's noise to speech level)."""
+
+    RELEASE_DB_PER_S = 20.0
+
+    def __init__(self) -> None:
+        self._reach = int(round(DETECTOR_ENVELOPE_SECONDS / WINDOW_SECONDS)) + 1
+        self._levels_db: list[float] = []
+        self._gain_db: float | None = None
+
+    def gains(self, windows: np.ndarray) -> np.ndarray:
+        """One gain per row of `windows` (n x WINDOW samples), in order."""
+        out = np.empty(windows.shape[0], dtype=np.float32)
+        rms = np.sqrt(np.einsum("ij,ij->i", windows, windows) / windows.shape[1])
+        release = self.RELEASE_DB_PER_S * WINDOW_SECONDS
+        for i, level in enumerate(20 * np.log10(np.maximum(rms, 1e-12))):
+            self._levels_db.append(float(level))
+            del self._levels_db[: -self._reach]
+            target = float(np.clip(DETECTOR_TARGET_DBFS - max(self._levels_db),
+                                   *DETECTOR_GAIN_DB))
+            if self._gain_db is None or target < self._gain_db:
+                self._gain_db = target
+            else:
+                self._gain_db = min(target, self._gain_db + release)
+            out[i] = 10.0 ** (self._gain_db / 20.0)
+        return out
+
+
 def model_gain(chunk: np.ndarray) -> float:
     """Gain for one chunk of detected speech: >= 1, so normal speech is untouched."""
     if chunk.size == 0:

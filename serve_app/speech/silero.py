@@ -70,16 +70,20 @@ class SileroVAD:
         probs, h, c = self._session.run(None, {"input": rows, "h": state[0], "c": state[1]})
         return probs.reshape(-1), (h, c)
 
-    def stream(self) -> "SileroStream":
-        return SileroStream(self)
+    def stream(self, level_independent: bool = True) -> "SileroStream":
+        return SileroStream(self, level_independent)
 
 
 class SileroStream:
-    """Probabilities of live audio as it arrives, equal to `probabilities` of the whole
-    without gains (a live stream has no look-ahead for `speech.levels`' file gain)."""
+    """Probabilities of live audio as it arrives. With `level_independent`, each window is
+    scaled by speech.levels' live gain (the file gain's causal twin), so quiet and loud
+    speakers start and end turns alike; without, they equal `probabilities` of the whole."""
 
-    def __init__(self, vad: SileroVAD) -> None:
+    def __init__(self, vad: SileroVAD, level_independent: bool = True) -> None:
+        from serve_app.speech.levels import LiveDetectorGain  # levels imports this module
+
         self._vad = vad
+        self._gain = LiveDetectorGain() if level_independent else None
         self._state = (np.zeros(STATE_SHAPE, np.float32), np.zeros(STATE_SHAPE, np.float32))
         self._context = np.zeros(CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)  # less than one window, not yet judged
@@ -92,6 +96,8 @@ class SileroStream:
         if n_windows == 0:
             return np.zeros(0, dtype=np.float32)
         windows = pending[: n_windows * WINDOW].reshape(n_windows, WINDOW)
+        if self._gain is not None:
+            windows = windows * self._gain.gains(windows)[:, None]
         context = np.concatenate([self._context[None, :], windows[:-1, -CONTEXT:]], axis=0)
         self._context = windows[-1, -CONTEXT:].copy()
         probs, self._state = self._vad._run(np.concatenate([context, windows], axis=1), self._state)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 from tests.cluster.conftest import (
@@ -209,3 +211,46 @@ def test_redeploy_drains_the_request_in_flight(cluster_service) -> None:
         READY_DEADLINE_S,
         what="the old ingress replica to stop",
     )
+
+
+def test_redeploy_ends_live_sessions_with_a_restart_code(cluster_service) -> None:
+    """A draining ingress replica finishes the turn being spoken, then ends its live
+    sessions with a `server_shutting_down` error event and close code 1012, and a
+    reconnect reaches the new replica."""
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.realtime_client import LiveClient, silence
+    from tests.speech import load_fixture
+
+    base_url = cluster_service["base_url"]
+    wait_model(base_url)
+    (old_ingress,) = alive_actors("ASRIngress")
+    speech = load_fixture("fox_dog.wav").audio
+    with LiveClient(base_url) as live:
+        live.until_type("session.created")
+        live.append(np.concatenate([silence(0.5), speech]))  # a turn left open
+        live.until_type("input_audio_buffer.speech_started")
+        deploy(fault_config(cluster_service["model_path"], cluster_service["port"],
+                            model_cpus=0.4, ingress_cpus=0.3))
+        closed = None
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while closed is None and time.monotonic() < deadline:
+            try:
+                live.append(silence(0.2))  # a live microphone keeps sending
+                live.receive(timeout_s=0.5)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as exc:
+                closed = exc
+        assert closed is not None and closed.rcvd.code == 1012
+    kinds = [e["type"] for e in live.events]
+    assert live.of_type("error")[-1]["error"]["code"] == "server_shutting_down"
+    # The open turn was committed and answered before the goodbye.
+    assert "input_audio_buffer.committed" in kinds
+    assert any(k.startswith("conversation.item.input_audio_transcription.") and
+               k.endswith(("completed", "failed")) for k in kinds)
+    wait_until(
+        lambda: {a.actor_id for a in alive_actors("ASRIngress")} - {old_ingress.actor_id},
+        READY_DEADLINE_S, what="a new ingress replica")
+    with LiveClient(base_url) as again:
+        assert again.receive()["type"] == "session.created"

@@ -1,0 +1,586 @@
+"""One live transcription session: its configuration, input buffer, turns and transcripts.
+
+Transport-free: events come in as parsed dicts through `handle`, and go out through the
+`send` coroutine the transport gives. One handler per client event type; a failing handler
+answers with an `error` event and the session goes on. A detected end of speech and a
+manual `commit` share one path (`_commit`).
+
+Order of a turn's events (server_vad): speech_started → deltas while the speaker talks →
+speech_stopped → committed → item added/done → last delta → completed (or failed).
+Completed events come in turn order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from pydantic import ValidationError
+
+from serve_app.audio import SAMPLE_RATE
+from serve_app.config import RealtimeSettings
+from serve_app.realtime.audio_input import BETA_FORMATS, GA_FORMATS, AudioInput
+from serve_app.realtime.buffer import SessionAudio, ms, samples_at
+from serve_app.realtime.decoding import LiveDecoder
+from serve_app.realtime.events import (
+    CLIENT_EVENT_TYPES,
+    CLIENT_EVENTS,
+    BetaSessionUpdate,
+    BufferAppend,
+    BufferClear,
+    BufferCommit,
+    RealtimeError,
+    SemanticVAD,
+    SessionUpdate,
+    new_id,
+    server_event,
+    validation_error,
+)
+from serve_app.realtime.partials import StableText, units
+from serve_app.speech.silero import WINDOW
+from serve_app.speech.turns import TurnDetector
+
+logger = logging.getLogger("ray.serve")
+
+Send = Callable[[dict], Awaitable[None]]
+
+# OpenAI refuses a commit of less than 100 ms of audio (input_audio_buffer_commit_empty).
+MIN_COMMIT_MS = 100
+# semantic_vad's eagerness as the closing pause of server_vad (docs/realtime.md): OpenAI's
+# own eagerness waits at most 8/4/2 s; without a model of sentence ends, a fixed pause.
+SEMANTIC_PAUSE_MS = {"high": 400, "auto": 700, "medium": 700, "low": 1200}
+# Where a long turn's decoded part may be cut: the deepest pause after this much of it,
+# before the model's 30-s window is full (with a margin for the resampler's rounding).
+SEAL_SEARCH_FROM_S = 5.0
+SEAL_MAX_S = 29.0
+SMOOTH_WINDOWS = 9  # ~0.3 s
+# Turns committed and not yet transcribed, per session, before the reader waits.
+MAX_PENDING_TURNS = 3
+# Where a refused field is, in each dialect's session shape (OpenAI's `param`).
+GA_PARAMS = {"model": "session.audio.input.transcription.model",
+             "language": "session.audio.input.transcription.language",
+             "format": "session.audio.input.format"}
+BETA_PARAMS = {"model": "session.input_audio_transcription.model",
+               "language": "session.input_audio_transcription.language",
+               "format": "session.input_audio_format"}
+
+
+@dataclass
+class VADParams:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+
+    def as_event(self) -> dict:
+        return {"type": "server_vad", "threshold": self.threshold,
+                "prefix_padding_ms": self.prefix_padding_ms,
+                "silence_duration_ms": self.silence_duration_ms}
+
+
+@dataclass
+class SessionConfig:
+    format_type: str = "audio/pcm"
+    model: str = ""
+    language: str | None = None
+    prompt: str | None = None
+    vad: VADParams | None = field(default_factory=VADParams)
+
+
+@dataclass
+class OpenTurn:
+    """Speech the detector has found and not yet closed."""
+
+    item_id: str
+    start: int  # session sample where the turn's audio starts (prefix padding included)
+    segment_start: int  # start of the part still decoded whole (long turns are sealed)
+    stable: StableText = field(default_factory=StableText)
+    sent_before_segment: list[str] = field(default_factory=list)  # sealed parts' units
+    decoded_to: int = 0  # session sample the last partial decode reached
+    probabilities: list[float] = field(default_factory=list)  # per window, for sealing
+    probabilities_from: int = 0  # session sample of the first of them
+    started_at: float = field(default_factory=time.monotonic)
+    first_delta_sent: bool = False
+
+    @property
+    def sent_units(self) -> list[str]:
+        return self.sent_before_segment + self.stable.sent
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        send: Send,
+        decoder: LiveDecoder,
+        settings: RealtimeSettings,
+        model_name: str,
+        accepts_model: Callable[[str], bool],
+        languages: tuple[str, ...],
+        beta: bool,
+        session_id: str | None = None,
+    ) -> None:
+        self._send = send
+        self._decoder = decoder
+        self._settings = settings
+        self._accepts_model = accepts_model
+        self._languages = languages
+        self.beta = beta
+        self.id = session_id or new_id("sess")
+        self.created_at = time.time()
+        self.config = SessionConfig(model=model_name)
+        self._input = AudioInput(self.config.format_type)
+        self._audio = SessionAudio()
+        self._vad_stream = decoder.vad_stream()
+        self._turns: TurnDetector | None = None
+        self._vad_origin = 0  # session sample where the current detector started
+        self._next_item_id = new_id("item")
+        self._previous_item_id: str | None = None
+        self._turn: OpenTurn | None = None
+        self._partial: asyncio.Task | None = None
+        self._last_final: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._finals: collections.deque[asyncio.Task] = collections.deque()
+        # A background decode that fails to send, or a bug in one, ends the session as a
+        # failing handler would (the transport waits on `failed`).
+        self.failed = asyncio.Event()
+        self.failure: Exception | None = None
+        self._reset_turn_detection()
+        self.turns_committed = 0
+        self._handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
+            SessionUpdate: self._on_session_update,
+            BetaSessionUpdate: self._on_beta_session_update,
+            BufferAppend: self._on_append,
+            BufferCommit: self._on_commit,
+            BufferClear: self._on_clear,
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._send(server_event(
+            "transcription_session.created" if self.beta else "session.created",
+            session=self._describe()))
+
+    async def handle(self, message: Any) -> None:
+        """One client event (already parsed JSON); errors become `error` events."""
+        client_event_id = message.get("event_id") if isinstance(message, dict) else None
+        try:
+            event = self._parse(message)
+            await self._handlers[type(event)](event)
+        except RealtimeError as exc:
+            if exc.close_code is not None:
+                raise
+            await self._send(exc.event(client_event_id))
+
+    async def finish_open_turn(self) -> None:
+        """Commit what is being said or buffered (the session is ending) and wait for every
+        transcript."""
+        if self._turn is not None:
+            await self._commit(self._turn.start, self._audio.end, self._turn.item_id)
+        elif self.config.vad is None and self._audio.held_samples >= samples_at(MIN_COMMIT_MS):
+            await self._commit(self._audio.start, self._audio.end, self._next_item_id)
+        if self._last_final is not None:
+            await asyncio.shield(self._last_final)
+
+    async def close(self) -> None:
+        """Free everything: pending decodes are cancelled (the client is gone)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._audio.clear()
+
+    def _spawn(self, coroutine: Awaitable) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None or self.failure is not None:
+            return
+        exc = task.exception()
+        if not (isinstance(exc, RealtimeError) and exc.close_code is not None):
+            logger.error("live session %s: a background task failed: %r", self.id, exc)
+            exc = RealtimeError("internal_error", "Internal error; see server logs.",
+                                error_type="server_error", close_code=1011)
+        self.failure = exc
+        self.failed.set()
+
+    # ---- parsing -----------------------------------------------------------------------
+
+    def _parse(self, message: Any):
+        if not isinstance(message, dict):
+            raise RealtimeError("invalid_json", "Each message must be a JSON object.")
+        event_type = message.get("type")
+        if event_type not in CLIENT_EVENT_TYPES:
+            raise RealtimeError(
+                "invalid_value",
+                f"Invalid value: {event_type!r}. A transcription session takes "
+                + ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES) + ".",
+                param="type",
+            )
+        try:
+            return CLIENT_EVENTS.validate_python(message)
+        except ValidationError as exc:
+            raise validation_error(exc, event_type) from None
+
+    # ---- session -----------------------------------------------------------------------
+
+    async def _on_session_update(self, event: SessionUpdate) -> None:
+        session = event.session
+        if session.type != "transcription":
+            raise RealtimeError(
+                "invalid_value",
+                "This endpoint serves transcription sessions: set session.type to "
+                "'transcription' (and connect with ?intent=transcription).",
+                param="session.type",
+            )
+        audio_in = session.audio.input if session.audio else None
+        if audio_in is not None:
+            await self._apply(
+                format_type=audio_in.format.type if audio_in.format else None,
+                transcription=audio_in.transcription,
+                vad_given="turn_detection" in audio_in.model_fields_set,
+                vad=audio_in.turn_detection,
+                params=GA_PARAMS,
+            )
+        await self._send(server_event("session.updated", session=self._describe()))
+
+    async def _on_beta_session_update(self, event: BetaSessionUpdate) -> None:
+        session = event.session
+        vad = None
+        if session.turn_detection is not None:
+            detection = session.turn_detection
+            vad = (SemanticVAD(type="semantic_vad", eagerness=detection.eagerness or "auto")
+                   if detection.type == "semantic_vad" else detection)
+        await self._apply(
+            format_type=BETA_FORMATS[session.input_audio_format]
+            if session.input_audio_format else None,
+            transcription=session.input_audio_transcription,
+            vad_given="turn_detection" in session.model_fields_set,
+            vad=vad,
+            params=BETA_PARAMS,
+        )
+        self.beta = True  # from the first accepted beta update on, answers use its names
+        await self._send(server_event("transcription_session.updated", session=self._describe()))
+
+    async def _apply(self, format_type, transcription, vad_given: bool, vad,
+                     params: dict[str, str]) -> None:
+        """Check everything first, then change: a refused update changes nothing. A change
+        of turn detection first commits the turn being spoken."""
+        config = self.config
+        model, language, prompt = config.model, config.language, config.prompt
+        if transcription is not None:
+            fields = transcription.model_fields_set
+            if transcription.model is not None:
+                if not self._accepts_model(transcription.model):
+                    raise RealtimeError(
+                        "model_not_found",
+                        f"The model '{transcription.model}' is not served here.",
+                        param=params["model"],
+                    )
+                model = transcription.model
+            if "language" in fields:
+                language = transcription.language or None
+                if language and self._languages and language not in self._languages:
+                    raise RealtimeError(
+                        "invalid_value",
+                        f"'{language}' is not supported by this model.",
+                        param=params["language"],
+                    )
+            if "prompt" in fields:
+                prompt = transcription.prompt or None
+        new_vad = config.vad
+        if vad_given:
+            new_vad = self._vad_params(vad)
+        if format_type is not None and format_type != config.format_type:
+            if self._audio.held_samples:
+                raise RealtimeError(
+                    "invalid_value",
+                    "The audio format cannot change while the input buffer holds audio; "
+                    "commit or clear it first.",
+                    param=params["format"],
+                )
+            self._input = AudioInput(format_type)
+            config.format_type = format_type
+        config.model, config.language, config.prompt = model, language, prompt
+        if vad_given:
+            if self._turn is not None:  # announced with speech_started: it gets its answer
+                await self._commit(self._turn.start, self._audio.end, self._turn.item_id)
+            config.vad = new_vad
+            self._reset_turn_detection()
+
+    @staticmethod
+    def _vad_params(vad) -> VADParams | None:
+        if vad is None:
+            return None
+        if isinstance(vad, SemanticVAD):
+            return VADParams(silence_duration_ms=SEMANTIC_PAUSE_MS[vad.eagerness])
+        defaults = VADParams()
+        return VADParams(
+            threshold=vad.threshold if vad.threshold is not None else defaults.threshold,
+            prefix_padding_ms=vad.prefix_padding_ms
+            if vad.prefix_padding_ms is not None else defaults.prefix_padding_ms,
+            silence_duration_ms=vad.silence_duration_ms
+            if vad.silence_duration_ms is not None else defaults.silence_duration_ms,
+        )
+
+    def _reset_turn_detection(self) -> None:
+        """A fresh detector (and speech model state and live gain) from here on."""
+        vad = self.config.vad
+        self._turns = (TurnDetector(vad.threshold, vad.prefix_padding_ms, vad.silence_duration_ms)
+                       if vad is not None else None)
+        self._vad_origin = self._audio.end  # the detector counts windows from here
+        self._vad_stream = self._decoder.vad_stream()
+        if self._turn is not None:  # dropped (a clear): its announced item id is not reused
+            self._next_item_id = new_id("item")
+        self._turn = None
+        if self._partial is not None:
+            self._partial.cancel()
+
+    def _describe(self) -> dict:
+        config = self.config
+        transcription = {"model": config.model, "language": config.language,
+                         "prompt": config.prompt or ""}
+        expires_at = int(self.created_at + self._settings.max_session_s)
+        if self.beta:
+            vad = config.vad.as_event() if config.vad else None
+            return {
+                "id": self.id, "object": "realtime.transcription_session",
+                "expires_at": expires_at,
+                "input_audio_format": GA_FORMATS[config.format_type],
+                "input_audio_transcription": transcription,
+                "turn_detection": vad, "input_audio_noise_reduction": None,
+                "include": [], "modalities": ["text"],
+            }
+        audio_format = {"type": config.format_type}
+        if config.format_type == "audio/pcm":
+            audio_format["rate"] = 24000
+        return {
+            "type": "transcription", "id": self.id,
+            "object": "realtime.transcription_session", "expires_at": expires_at,
+            "audio": {"input": {
+                "format": audio_format, "transcription": transcription,
+                "turn_detection": config.vad.as_event() if config.vad else None,
+                "noise_reduction": None,
+            }},
+            "include": [],
+        }
+
+    # ---- input audio buffer -----------------------------------------------------------
+
+    async def _on_append(self, event: BufferAppend) -> None:
+        samples = self._input.decode(event.audio)
+        held_after = self._audio.held_samples + samples.size
+        if self._turns is None and held_after > self._settings.max_buffer_s * SAMPLE_RATE:
+            raise RealtimeError(
+                "input_audio_buffer_full",
+                f"The input buffer holds at most {self._settings.max_buffer_s:g} s of audio; "
+                "commit or clear it. This append was dropped.",
+                param="audio",
+            )
+        self._audio.append(samples)
+        if self._turns is None:
+            return
+        probabilities = self._vad_stream.push(samples)
+        if self._turn is not None:
+            self._turn.probabilities.extend(probabilities.tolist())
+        for turn_event in self._turns.update(probabilities):
+            position = self._vad_origin + samples_at(turn_event.audio_ms)
+            if turn_event.kind == "speech_started":
+                self._turn = OpenTurn(self._next_item_id, position, position, decoded_to=position)
+                # This append's windows, for choosing where a long turn is sealed.
+                self._turn.probabilities = probabilities.tolist()
+                self._turn.probabilities_from = (
+                    self._vad_origin + (self._turns_windows_seen() - probabilities.size) * WINDOW)
+                await self._send(server_event(
+                    "input_audio_buffer.speech_started", audio_start_ms=ms(position),
+                    item_id=self._turn.item_id))
+            elif self._turn is not None:
+                turn = self._turn
+                await self._send(server_event(
+                    "input_audio_buffer.speech_stopped", audio_end_ms=ms(position),
+                    item_id=turn.item_id))
+                await self._commit(turn.start, position, turn.item_id)
+        if self._turn is None:
+            # Keep only what a turn that starts next may take as its prefix padding.
+            keep = samples_at(self.config.vad.prefix_padding_ms) + WINDOW
+            self._audio.drop_before(self._audio.end - keep)
+            return
+        if (self._audio.end - self._turn.start) / SAMPLE_RATE >= self._settings.max_turn_s:
+            turn = self._turn
+            await self._send(server_event(
+                "input_audio_buffer.speech_stopped", audio_end_ms=ms(self._audio.end),
+                item_id=turn.item_id))
+            await self._commit(turn.start, self._audio.end, turn.item_id)
+            self._reset_turn_detection()
+            return
+        self._maybe_decode_partial()
+
+    def _turns_windows_seen(self) -> int:
+        return (self._audio.end - self._vad_origin) // WINDOW
+
+    async def _on_commit(self, event: BufferCommit) -> None:
+        # The resampler's filter still holds the last ~20 ms: the turn ends with them.
+        self._audio.append(self._input.flush())
+        start = self._turn.start if self._turn is not None else self._audio.start
+        if self._audio.end - start < samples_at(MIN_COMMIT_MS):
+            raise RealtimeError(
+                "input_audio_buffer_commit_empty",
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has "
+                f"{ms(self._audio.end - start)}ms of audio.",
+            )
+        item_id = self._turn.item_id if self._turn is not None else self._next_item_id
+        await self._commit(start, self._audio.end, item_id)
+        if self.config.vad is not None:
+            self._reset_turn_detection()
+
+    async def _on_clear(self, event: BufferClear) -> None:
+        self._audio.clear()
+        if self.config.vad is not None:
+            self._reset_turn_detection()
+        await self._send(server_event("input_audio_buffer.cleared"))
+
+    # ---- turns -------------------------------------------------------------------------
+
+    async def _commit(self, start: int, end: int, item_id: str) -> None:
+        """The one path from audio to a final transcript: VAD end of turn, manual commit,
+        a turn past max_turn_s and the end of the session all come here."""
+        turn = self._turn if self._turn is not None and self._turn.item_id == item_id else None
+        self._turn = None
+        if self._partial is not None:
+            self._partial.cancel()
+            self._partial = None
+        audio = self._audio.slice(start, end)
+        self._audio.drop_before(end)
+        previous, self._previous_item_id = self._previous_item_id, item_id
+        self._next_item_id = new_id("item")
+        self.turns_committed += 1
+        await self._send(server_event(
+            "input_audio_buffer.committed", item_id=item_id, previous_item_id=previous))
+        item = {"id": item_id, "object": "realtime.item", "type": "message",
+                "status": "completed", "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}]}
+        if self.beta:
+            await self._send(server_event(
+                "conversation.item.created", item=item, previous_item_id=previous))
+        else:
+            await self._send(server_event(
+                "conversation.item.added", item=item, previous_item_id=previous))
+            await self._send(server_event(
+                "conversation.item.done", item=item, previous_item_id=previous))
+        sent = list(turn.sent_units) if turn is not None else []
+        self._last_final = self._spawn(self._transcribe_turn(
+            audio, item_id, sent, self._last_final, committed_at=time.monotonic()))
+        self._finals.append(self._last_final)
+        # A client sending faster than real time is slowed to the model's pace here (the
+        # reader waits), instead of queueing unrefusable live work ahead of every file.
+        while len(self._finals) > MAX_PENDING_TURNS:
+            await asyncio.gather(asyncio.shield(self._finals.popleft()), return_exceptions=True)
+
+    async def _transcribe_turn(
+        self, audio: np.ndarray, item_id: str, sent: list[str],
+        previous: asyncio.Task | None, committed_at: float,
+    ) -> None:
+        try:
+            text = await self._decoder.final(audio, self._options(), item_id)
+            error = None
+        except RealtimeError as exc:
+            text, error = "", exc
+        if previous is not None:  # completed events in turn order
+            await asyncio.gather(asyncio.shield(previous), return_exceptions=True)
+        if error is not None:
+            await self._send(server_event(
+                "conversation.item.input_audio_transcription.failed", item_id=item_id,
+                content_index=0, error={"type": error.error_type, "code": error.code,
+                                        "message": error.message, "param": error.param}))
+            return
+        stable = StableText()
+        stable.sent = sent
+        remainder = stable.finish(text)
+        if remainder:
+            await self._delta(item_id, remainder)
+        self._decoder.observe_final(time.monotonic() - committed_at)
+        await self._send(server_event(
+            "conversation.item.input_audio_transcription.completed", item_id=item_id,
+            content_index=0, transcript=text,
+            usage={"type": "duration", "seconds": round(audio.size / SAMPLE_RATE, 3)}))
+
+    async def _delta(self, item_id: str, delta: str) -> None:
+        await self._send(server_event(
+            "conversation.item.input_audio_transcription.delta", item_id=item_id,
+            content_index=0, delta=delta))
+
+    def _options(self):
+        return self._decoder.options(self.config.language, self.config.prompt)
+
+    # ---- partial results while the speaker talks --------------------------------------
+
+    def _maybe_decode_partial(self) -> None:
+        turn = self._turn
+        if turn is None or (self._partial is not None and not self._partial.done()):
+            return
+        new_speech_s = (self._audio.end - turn.decoded_to) / SAMPLE_RATE
+        if new_speech_s < self._settings.partial_every_s:
+            return
+        self._partial = self._spawn(self._decode_partial(turn))
+
+    async def _decode_partial(self, turn: OpenTurn) -> None:
+        end = self._audio.end
+        turn.decoded_to = end
+        if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
+            await self._seal(turn, end)
+            return
+        text = await self._decoder.partial(self._audio.slice(turn.segment_start, end),
+                                           self._options(), turn.item_id)
+        if self._turn is not turn:
+            return  # the turn was committed meanwhile: its final decode takes over
+        delta = turn.stable.update(text)
+        if delta:
+            await self._delta(turn.item_id, delta)
+            if not turn.first_delta_sent:
+                turn.first_delta_sent = True
+                self._decoder.observe_first_delta(time.monotonic() - turn.started_at)
+        self._partial = None
+        self._maybe_decode_partial()  # audio that came during the decode
+
+    async def _seal(self, turn: OpenTurn, end: int) -> None:
+        """Decode the long turn's part up to its deepest recent pause once, send what it
+        adds, and go on decoding only what follows, as a long file is split."""
+        cut = self._seal_point(turn, end)
+        text = await self._decoder.partial(self._audio.slice(turn.segment_start, cut),
+                                           self._options(), turn.item_id)
+        if self._turn is not turn or not text:
+            return  # committed meanwhile, or the decode failed: nothing is set aside
+        delta = turn.stable.finish(text)
+        if delta:
+            await self._delta(turn.item_id, delta)
+        sealed = units(text)
+        # Words already sent past the cut are expected again at the start of what follows.
+        carried = turn.stable.sent[len(sealed):] if len(turn.stable.sent) > len(sealed) else []
+        turn.sent_before_segment += turn.stable.sent[: len(turn.stable.sent) - len(carried)]
+        turn.stable = StableText()
+        turn.stable.sent = carried
+        turn.segment_start = cut
+
+    def _seal_point(self, turn: OpenTurn, end: int) -> int:
+        origin = turn.probabilities_from
+        first = max(turn.segment_start + int(SEAL_SEARCH_FROM_S * SAMPLE_RATE), origin)
+        # A part set aside is one decode: it stays inside the model's window.
+        last = min(end, turn.segment_start + int(SEAL_MAX_S * SAMPLE_RATE))
+        windows = np.asarray(turn.probabilities, dtype=np.float32)
+        lo = (first - origin) // WINDOW
+        hi = min((last - origin) // WINDOW, windows.size)
+        if hi - lo < SMOOTH_WINDOWS:
+            return last
+        # The least speech-like 0.3 s (a smoothed minimum), not a single quiet window; the
+        # edges are padded with themselves, so they do not look like pauses.
+        part = np.pad(windows[lo:hi], SMOOTH_WINDOWS // 2, mode="edge")
+        smoothed = np.convolve(part, np.ones(SMOOTH_WINDOWS) / SMOOTH_WINDOWS, mode="valid")
+        return origin + (lo + int(np.argmin(smoothed))) * WINDOW

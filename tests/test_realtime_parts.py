@@ -1,0 +1,196 @@
+"""The live pipeline's parts without a service: the model replica's priority gate, deltas
+that only grow, OpenAI's input formats and the client events' validation."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop  # noqa: F401 - only as the reference G.711 codec (removed in Python 3.13)
+import base64
+
+import numpy as np
+import pytest
+
+from serve_app.priority import Priority, PriorityGate
+from serve_app.realtime.audio_input import AudioInput
+from serve_app.realtime.events import CLIENT_EVENTS, RealtimeError, validation_error
+from serve_app.realtime.partials import StableText, units
+
+
+# ---- priority gate ---------------------------------------------------------------------
+
+
+def test_waiting_work_enters_by_class_then_arrival() -> None:
+    async def scenario() -> list[str]:
+        gate = PriorityGate(capacity_s=30.0)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def work(name: str, priority: Priority, cost: float) -> None:
+            async with gate.admitted(priority, cost):
+                order.append(name)
+                await release.wait()
+
+        running = asyncio.ensure_future(work("file-1", Priority.SYNC, 30.0))  # fills it
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(work(n, p, 30.0)) for n, p in (
+            ("job", Priority.JOB), ("file-2", Priority.SYNC), ("live-1", Priority.LIVE),
+            ("live-2", Priority.LIVE))]
+        await asyncio.sleep(0)
+        assert order == ["file-1"]
+        assert gate.waiting_by_class[Priority.LIVE] == 2
+        release.set()
+        await asyncio.gather(running, *waiting)
+        return order
+
+    assert asyncio.run(scenario()) == ["file-1", "live-1", "live-2", "file-2", "job"]
+
+
+def test_a_cancelled_waiter_leaves_no_trace() -> None:
+    async def scenario() -> float:
+        gate = PriorityGate(capacity_s=10.0)
+        hold = asyncio.Event()
+
+        async def work(cost: float) -> None:
+            async with gate.admitted(Priority.SYNC, cost):
+                await hold.wait()
+
+        first = asyncio.ensure_future(work(10.0))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(work(5.0))
+        await asyncio.sleep(0)
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+        hold.set()
+        await first
+        return gate.inside_s
+
+    assert asyncio.run(scenario()) == 0.0
+
+
+def test_one_piece_larger_than_the_gate_enters_when_it_is_empty() -> None:
+    async def scenario() -> bool:
+        gate = PriorityGate(capacity_s=10.0)
+        async with gate.admitted(Priority.JOB, 60.0):
+            return gate.inside_s == 60.0
+
+    assert asyncio.run(scenario())
+
+
+# ---- deltas that only grow -------------------------------------------------------------
+
+
+def test_text_is_sent_once_two_decodes_agree_and_never_taken_back() -> None:
+    stable = StableText()
+    assert stable.update("The quick") == ""  # nothing to compare with yet
+    assert stable.update("The quick brown") == "The quick"  # "brown" may still change
+    assert stable.update("The quick brown fax") == " brown"
+    assert stable.update("The quack brown fox jumps") == ""  # disagrees with the last decode
+    assert stable.update("The quick brown fox jumps over") == ""
+    assert stable.update("The quick brown fox jumps over the") == " fox jumps over"
+    assert stable.finish("The quick brown fox jumps over the dog.") == " the dog."
+    assert stable.sent_text.strip() == "The quick brown fox jumps over the dog."
+
+
+def test_punctuation_and_case_do_not_stop_the_deltas() -> None:
+    stable = StableText()
+    stable.update("every morning she")
+    assert stable.update("every morning she bought") == "every morning she"
+    assert stable.finish("Every morning, she bought three apples.") == " bought three apples."
+
+
+def test_sent_words_worded_differently_are_aligned_not_repeated() -> None:
+    stable = StableText()
+    stable.update("leaves from platform high every")
+    assert stable.update("leaves from platform high every morning") == (
+        "leaves from platform high every")
+    # The final hears "high" as "I'm": the deltas go on after "every".
+    assert stable.finish("leaves from platform I'm every morning, she said.") == (
+        " morning, she said.")
+    stable = StableText()
+    stable.update("I scream for")
+    stable.update("I scream for ice")
+    assert stable.finish("Ice cream for ice cream.") == " ice cream."
+    # A lone common word far ahead is no alignment: nothing unsent is skipped.
+    stable = StableText()
+    stable.sent = ["So", " the"]
+    assert stable.finish("So a man walked to the store.") == " man walked to the store."
+
+
+def test_text_without_spaces_is_confirmed_character_by_character() -> None:
+    assert units("今天天气") == ["今", "天", "天", "气"]
+    stable = StableText()
+    stable.update("今天天")
+    assert stable.update("今天天气很") == "今天天"
+    assert stable.update("今天天气很好") == "气很"
+
+
+# ---- input formats ---------------------------------------------------------------------
+
+
+def _sine(rate: int, seconds: float = 1.0, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.argmax(spectrum) * 16_000 / samples.size)
+
+
+@pytest.mark.parametrize("format_type", ["audio/pcm", "audio/pcmu", "audio/pcma"])
+def test_each_format_arrives_as_the_same_16_khz_tone(format_type: str) -> None:
+    import audioop
+
+    decoder = AudioInput(format_type)
+    tone = _sine(decoder.rate)
+    pcm16 = (tone * 32767).astype("<i2").tobytes()
+    raw = {"audio/pcm": pcm16, "audio/pcmu": audioop.lin2ulaw(pcm16, 2),
+           "audio/pcma": audioop.lin2alaw(pcm16, 2)}[format_type]
+    # Split into odd-sized appends: the resampler must leave no seam between them.
+    step = decoder.bytes_per_sample * 701
+    out = np.concatenate([decoder.decode(base64.b64encode(raw[i : i + step]).decode())
+                          for i in range(0, len(raw), step)])
+    assert 0 <= 16_000 - out.size < 500  # the resampler holds back its filter's delay
+    assert abs(_peak_hz(out[:15_000]) - 440) < 3
+    steady = out[2000:14_000]
+    assert abs(np.sqrt(np.mean(steady**2)) - 0.5 / np.sqrt(2)) < 0.02
+
+
+@pytest.mark.parametrize("audio", ["not base64!!", base64.b64encode(b"\x01\x02\x03").decode()])
+def test_bad_base64_and_half_samples_are_refused(audio: str) -> None:
+    decoder = AudioInput("audio/pcm")
+    with pytest.raises(RealtimeError) as refused:
+        decoder.decode(audio)
+    assert refused.value.code == "invalid_audio" and refused.value.param == "audio"
+
+
+# ---- client events ---------------------------------------------------------------------
+
+
+def _error_param(event: dict) -> str | None:
+    try:
+        CLIENT_EVENTS.validate_python(event)
+    except Exception as exc:  # noqa: BLE001 - what the session turns into an error event
+        return validation_error(exc, event.get("type")).param
+    return "valid"
+
+
+def test_a_bad_field_is_named_by_its_path_in_the_event() -> None:
+    update = {"type": "session.update", "session": {"type": "transcription", "audio": {
+        "input": {"turn_detection": {"type": "server_vad", "threshold": 3}}}}}
+    assert _error_param(update) == "session.audio.input.turn_detection.threshold"
+    rate = {"type": "session.update", "session": {"type": "transcription", "audio": {
+        "input": {"format": {"type": "audio/pcm", "rate": 16000}}}}}
+    assert _error_param(rate) == "session.audio.input.format.rate"
+    assert _error_param({"type": "input_audio_buffer.append"}) == "audio"
+    beta = {"type": "transcription_session.update",
+            "session": {"input_audio_format": "mp3"}}
+    assert _error_param(beta) == "session.input_audio_format"
+
+
+@pytest.mark.parametrize("format_type", ["audio/pcm", "audio/pcmu"])
+def test_a_commit_gets_the_audio_the_resampler_holds(format_type: str) -> None:
+    decoder = AudioInput(format_type)
+    raw = bytes(decoder.bytes_per_sample * decoder.rate // 10)  # 100 ms
+    samples = decoder.decode(base64.b64encode(raw).decode())
+    assert samples.size + decoder.flush().size == pytest.approx(1600, abs=2)
