@@ -1,19 +1,23 @@
-"""The page at `GET /` in a real headless Chromium: upload, record, and an error.
+"""The page at `GET /` in a real headless Chromium: upload, record, live, and errors.
 
 Driven with Selenium through the system's ChromeDriver (Debian's `chromium` and
 `chromium-driver`); nothing is downloaded. The microphone is Chromium's fake capture
 device playing a committed speech fixture, so a recording holds real speech and travels
-as the browser's own WebM/Opus, which the service must decode.
+as the browser's own WebM/Opus, which the service must decode; in live mode the page's
+own AudioWorklet turns it into PCM appends over `/v1/realtime`.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -26,20 +30,31 @@ if missing:
     )
 
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from tests.speech import SPEECH_DIR  # noqa: E402
+from tests.conftest import GLM_API_KEY  # noqa: E402
+from tests.speech import (  # noqa: E402
+    SAMPLE_RATE,
+    SPEECH_DIR,
+    load_fixture,
+    normalize,
+    word_error_rate,
+)
 
 SPEECH_FIXTURE = SPEECH_DIR / "fox_dog.wav"  # "The quick brown fox jumps over the lazy dog."
 DONE_DEADLINE_S = 120  # one transcription on a busy 2-core machine
 RECORD_S = 4.5  # the fixture (3.3 s) and some silence after it
+LIVE_DEADLINE_S = 180  # the first turn spoken, detected and transcribed on a busy machine
+LIVE_MAX_WER = 0.15  # at most one of the sentence's nine words wrong
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+@contextmanager
+def chromium(profile_dir: Path, microphone: str) -> Iterator[WebDriver]:
+    """Headless Chromium whose microphone plays `microphone` (Chromium's file syntax)."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
@@ -53,12 +68,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1100,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-        # A microphone without a person: allowed without a prompt, playing the fixture
-        # once (%noloop), then silence.
+        f"--user-data-dir={profile_dir}",
+        # A microphone without a person, allowed without a prompt.
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-audio-capture={SPEECH_FIXTURE}%noloop",
+        f"--use-file-for-fake-audio-capture={microphone}",
     ):
         options.add_argument(flag)
     # Both paths are given, so Selenium Manager has nothing to look up; keep it offline anyway.
@@ -72,6 +86,31 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """The microphone plays the fixture once (%noloop), then silence."""
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with chromium(profile, f"{SPEECH_FIXTURE}%noloop") as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def live_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """The microphone says the fixture between pauses, over and over: 0.5 s of silence
+    (the page's audio graph starts after the capture does), the sentence, then 1.5 s in
+    which the server's 500-ms end of turn falls. Chromium loops the file."""
+    def pause(seconds: float) -> np.ndarray:
+        return np.zeros(int(SAMPLE_RATE * seconds), np.float32)
+
+    sentence = load_fixture(SPEECH_FIXTURE.name).audio
+    wav = tmp_path_factory.mktemp("microphone") / "sentence_between_pauses.wav"
+    # Chromium's fake capture reads 16-bit PCM WAV.
+    sf.write(wav, np.concatenate([pause(0.5), sentence, pause(1.5)]), SAMPLE_RATE,
+             subtype="PCM_16")
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), str(wav)) as driver:
+        yield driver
 
 
 def open_page(browser: WebDriver, service: str) -> None:
@@ -178,3 +217,88 @@ def test_errors_show_on_the_status_line(browser: WebDriver, service: str, tmp_pa
     assert browser.find_element(By.ID, "transcript").text == ""
     assert segment_rows(browser) == []
 
+
+def live_state(browser: WebDriver) -> dict:
+    """The live mode as the page shows it, in one read."""
+    return browser.execute_script("""
+        const lines = [...document.querySelectorAll('#transcript .turn')];
+        return {
+          status: document.getElementById('status').textContent,
+          statusClass: document.getElementById('status').className,
+          startEnabled: !document.getElementById('live').disabled,
+          stopEnabled: !document.getElementById('live-stop').disabled,
+          open: live !== null,
+          lines: lines.map((l) => ({cls: l.className, text: l.textContent,
+                                    deltas: +l.dataset.deltas,
+                                    provisional: l.dataset.provisional})),
+        };""")
+
+
+def wait_live(browser: WebDriver, predicate, deadline_s: float, what: str):
+    """Poll the live state until `predicate` returns something truthy; fail with the state."""
+    seen: list[dict] = []
+
+    def check(driver: WebDriver):
+        seen[:] = [live_state(driver)]
+        return predicate(seen[0])
+
+    try:
+        return WebDriverWait(browser, deadline_s, poll_frequency=0.5).until(check)
+    except TimeoutException:
+        pytest.fail(f"after {deadline_s} s, still waiting for {what}: {seen[0] if seen else None}")
+
+
+def test_live_transcription_from_the_microphone(live_browser: WebDriver, service: str,
+                                                tmp_path: Path) -> None:
+    fixture = load_fixture(SPEECH_FIXTURE.name)
+    open_page(live_browser, service)
+    live_browser.find_element(By.ID, "language").send_keys("en")
+    live_browser.find_element(By.ID, "live").click()
+    wait_live(live_browser, lambda s: s["status"] == "Listening ..." and s["stopEnabled"]
+              and not s["startEnabled"], 60, "the session to be configured")
+
+    def close_enough(line: dict) -> bool:
+        return word_error_rate([fixture.text], [line["text"]]) <= LIVE_MAX_WER
+
+    # Chromium loops the file: the first final line that says the sentence.
+    final = wait_live(
+        live_browser,
+        lambda s: next((line for line in s["lines"]
+                        if line["cls"] == "turn final" and close_enough(line)), None),
+        LIVE_DEADLINE_S, "a final turn that says the sentence")
+    # It was shown provisionally first: the deltas, appended, said what the turn says.
+    assert final["deltas"] >= 1, final
+    assert normalize(final["provisional"]) == normalize(final["text"]), final
+    live_browser.save_screenshot(str(tmp_path / "webpage-live.png"))  # kept with pytest's tmp dirs
+
+    # Stop: the microphone goes, a turn being spoken is committed and finished, and the
+    # socket closes.
+    live_browser.find_element(By.ID, "live-stop").click()
+    state = wait_live(live_browser, lambda s: s if not s["open"] else None, 120,
+                      "the live session to close")
+    assert state["status"] == "Live transcription stopped.", state
+    assert state["startEnabled"] and not state["stopEnabled"], state
+    assert all(line["cls"] == "turn final" for line in state["lines"]), state["lines"]
+    assert not live_browser.find_element(By.ID, "speaking").is_displayed()
+
+
+def test_live_mode_sends_the_api_key(live_browser: WebDriver, service_urls: dict) -> None:
+    """Below a route prefix (/glm), whose app requires an API key: without it the handshake
+    is refused and the page says so; with it (as a subprotocol) the session opens."""
+    open_page(live_browser, service_urls["glm"])  # the page at /glm/
+    live_browser.find_element(By.ID, "live").click()
+    # Refused: so the socket went to /glm's app (the one at / takes anyone).
+    state = wait_live(live_browser, lambda s: s if not s["open"] else None, 60,
+                      "the refused handshake")
+    assert state["statusClass"] == "error", state
+    assert state["status"] == "Could not open the live connection (is the API key right?).", state
+    assert state["startEnabled"] and not state["stopEnabled"], state
+
+    live_browser.find_element(By.ID, "key").send_keys(GLM_API_KEY)
+    live_browser.find_element(By.ID, "live").click()
+    wait_live(live_browser, lambda s: s["status"] == "Listening ...", 60,
+              "the session to be configured")
+    live_browser.find_element(By.ID, "live-stop").click()
+    state = wait_live(live_browser, lambda s: s if not s["open"] else None, 120,
+                      "the live session to close")
+    assert state["statusClass"] != "error", state
