@@ -115,6 +115,10 @@ def batch_shape(requests: list[ChunkRequest], calls: list[list[int]]) -> BatchSh
     return BatchShape(audio, padded)
 
 
+class Preempted(Exception):
+    """A batch given up for more urgent work (a live turn waiting behind re-decodes)."""
+
+
 def run_isolated(
     transcribe: TranscribeFn, audios: list[np.ndarray], options: DecodeOptions
 ) -> list[ChunkResult]:
@@ -124,6 +128,8 @@ def run_isolated(
         if len(results) != len(audios):
             raise RuntimeError(f"backend returned {len(results)} results for {len(audios)}")
         return results
+    except Preempted:
+        raise  # the whole batch stops: splitting it would only redo the encoder
     except Exception as exc:  # noqa: BLE001 - any failure becomes a per-chunk value
         if len(audios) == 1:
             logger.warning("chunk failed: %s: %s", type(exc).__name__, exc)

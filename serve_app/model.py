@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -22,6 +24,7 @@ from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, ChunkResult,
 from serve_app.batching import (
     BatchHealth,
     ChunkRequest,
+    Preempted,
     batch_shape,
     batch_size_in_windows,
     chunk_cost_seconds,
@@ -37,6 +40,21 @@ logger = logging.getLogger("ray.serve")
 
 WARMUP_SECONDS = 1.0  # enough to run every layer once, cheap on any device
 LIVE_BATCH_WAIT_S = 0.01  # live chunks arriving together batch; none waits for company
+# The files' inference thread runs at this nice value, and so do the OpenMP workers it
+# starts (Linux threads inherit it): where the two lanes share CPU cores, the scheduler
+# gives the live lane about nine tenths of them (weights 1024 against 110) until its batch
+# is done, instead of half. GPU replicas only launch kernels from these threads.
+FILES_LANE_NICE = 10
+# The longest a files' decoding step waits for live batches: files always progress, even
+# under more live load than the lane can serve.
+LIVE_YIELD_MAX_S = 1.0
+
+
+def _yield_to_live_lane() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FILES_LANE_NICE)
+    except OSError as exc:  # a platform without per-thread priorities: lanes share evenly
+        logger.warning("could not lower the files lane's CPU priority: %s", exc)
 
 
 @serve.deployment(
@@ -52,9 +70,22 @@ class ASRModel:
         configure_openmp(self._settings.torch_threads)
         # One thread runs every forward pass: its OpenMP team stays the same and warm, and
         # no second team spins on the same cores (asyncio.to_thread hops between threads).
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._inference = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="inference", initializer=_yield_to_live_lane)
         # Live turns' lane (serve_app.priority): a second thread, so a live chunk starts at
         # once beside a batch of files instead of after it. Same weights, no copy.
+        # Live batches running or about to: the files' generate waits between decoding steps
+        # while any is (a forward pre-hook, _yield_to_live), so a live turn has the cores
+        # and Python's lock to itself instead of sharing them with a batch of files.
+        self._live_batches = 0
+        self._live_idle = threading.Event()
+        self._live_idle.set()
+        self._files_thread: int | None = None
+        # Live chunks of ended turns not yet in a batch: a live batch of re-decodes only
+        # gives way to them (it is stopped at its next decoding step, its chunks answered
+        # "preempted"), since a finished sentence matters more than a provisional one.
+        self._urgent_pending: set[int] = set()
+        self._live_batch_preemptible = False
         self._live_inference = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="live-inference", initializer=self._set_threads)
         self._metrics = ModelMetrics()
@@ -62,6 +93,7 @@ class ASRModel:
         self._batching = BatchingConfig()
         # About one batch in the batcher at a time, the rest held back in priority order.
         self._gate = PriorityGate(self._batching.max_batch_size * MAX_CHUNK_SECONDS)
+        self._live_gate = PriorityGate(self._batching.max_batch_size * MAX_CHUNK_SECONDS)
         # Totals since start, reported by ready(): operators and tests see batching work.
         self._batches_run = 0
         self._chunks_run = 0
@@ -101,6 +133,7 @@ class ASRModel:
         self._startup["torch_import_s"] = time.monotonic() - started
 
         self._set_threads()
+        self._files_thread = threading.get_ident()  # _load runs on the files' thread
         self._device = resolve_device(self._settings.device)
         self._dtype = resolve_dtype(self._settings.dtype, self._device)
         self._backend = load_backend(
@@ -113,6 +146,7 @@ class ASRModel:
             encoder_window=self._settings.encoder_window,
             timings=self._startup,
         )
+        self._backend.model.register_forward_pre_hook(self._between_steps)
         if self._settings.quantization == "int8":
             from serve_app.backends.int8 import kernel_in_use
 
@@ -121,6 +155,16 @@ class ASRModel:
             started = time.monotonic()
             self._warm_up()
             self._startup["warm_up_s"] = time.monotonic() - started
+
+    def _between_steps(self, module, args) -> None:
+        """Forward pre-hook on the model: one call per decoding step. On the files' thread
+        it waits while live batches run (at most LIVE_YIELD_MAX_S per step, so files always
+        progress); on the live thread, a batch of re-decodes stops for a waiting turn."""
+        if threading.get_ident() == self._files_thread:
+            if not self._live_idle.is_set():
+                self._live_idle.wait(LIVE_YIELD_MAX_S)
+        elif self._live_batch_preemptible and self._urgent_pending:
+            raise Preempted()
 
     def _set_threads(self) -> None:
         """torch's intra-op threads for the calling thread (OpenMP keeps them per thread)."""
@@ -142,6 +186,7 @@ class ASRModel:
         self._transcribe_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._transcribe_live.set_max_batch_size(config.max_batch_size)
         self._gate.set_capacity(config.max_batch_size * MAX_CHUNK_SECONDS)
+        self._live_gate.set_capacity(config.max_batch_size * MAX_CHUNK_SECONDS)
         self._batching = config
         logger.info("batching set to %s", config.model_dump())
 
@@ -178,21 +223,26 @@ class ASRModel:
         self._audio_load.arrived(audio_s)
         arrived = time.monotonic()
         request = ChunkRequest(audio, options, arrived, window_s=window_s, priority=priority)
+        if priority == Priority.LIVE:
+            self._urgent_pending.add(id(request))
         try:
-            if priority == Priority.LIVE:
-                result = await self._transcribe_live(request)
-            else:
-                async with self._gate.admitted(priority, chunk_cost_seconds(audio.size, window_s)):
-                    self._report_waiting()
-                    result = await self._transcribe_batch(request)
+            lane = self._transcribe_live if priority.live else self._transcribe_batch
+            gate = self._live_gate if priority.live else self._gate
+            async with gate.admitted(priority, chunk_cost_seconds(audio.size, window_s)):
+                self._report_waiting()
+                result = await lane(request)
         finally:
+            self._urgent_pending.discard(id(request))
             self._audio_load.finished(audio_s)
             self._report_waiting()
         return dataclasses.replace(result, replica_audio_s_per_s=self._audio_load.rate)
 
     def _report_waiting(self) -> None:
-        for priority, count in self._gate.waiting_by_class.items():
-            self._metrics.waiting_chunks.set(count, tags={"priority": priority.name.lower()})
+        for gate in (self._live_gate, self._gate):
+            for priority, count in gate.waiting_by_class.items():
+                if priority.live == (gate is self._live_gate):
+                    self._metrics.waiting_chunks.set(
+                        count, tags={"priority": priority.name.lower()})
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Audio held and measured speed, for serve_app.autoscaling.AudioSecondsPolicy
@@ -230,13 +280,34 @@ class ASRModel:
         self._largest_batch = max(self._largest_batch, len(requests))
         self._audio_s_run += shape.audio_s
         self._padded_s_run += shape.padded_s
-        results = await asyncio.get_running_loop().run_in_executor(
-            executor, run_batch, self._backend.transcribe_batch, requests, calls
-        )
+        live = executor is self._live_inference
+        preempted = False
+        if live:
+            self._live_batches += 1
+            self._live_idle.clear()
+            for request in requests:
+                self._urgent_pending.discard(id(request))
+            self._live_batch_preemptible = all(
+                r.priority == Priority.LIVE_PARTIAL for r in requests)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                executor, run_batch, self._backend.transcribe_batch, requests, calls
+            )
+        except Preempted:
+            preempted = True
+            results = [ChunkResult(error="preempted by a live turn that ended")] * len(requests)
+        finally:
+            if live:
+                self._live_batch_preemptible = False
+                self._live_batches -= 1
+                if self._live_batches == 0:
+                    self._live_idle.set()
         busy_s = time.monotonic() - started
         self._metrics.inference_time.observe(busy_s)
         if measure_rate:
             self._audio_load.batch_done(shape.audio_s, busy_s)
+        if preempted:
+            return results  # not failures: the model is fine
         failures = sum(1 for r in results if r.error)
         if failures:
             self._metrics.chunk_failures.inc(failures)

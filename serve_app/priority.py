@@ -6,10 +6,17 @@ on 2 CPU cores a batch of eight 30-s file chunks takes ~20 s. So the classes get
 - **Live** chunks have a lane of their own: a second batcher (a 10-ms wait) whose batches
   run on a second inference thread beside the files' batch, with the same weights. A live
   turn starts at once; on CPU the two lanes share the cores while both run, on a GPU their
-  kernels interleave. Measured in docs/performance.md ("Live turns beside files").
+  kernels interleave. The files' lane gives way while a live batch runs (ASRModel pauses
+  its decoding steps and lowers its thread's CPU priority), since both lanes share one
+  Python process. Within the lane, a turn that has ended goes before the re-decodes of
+  turns still growing, and stops a batch of them at its next step (their deltas can wait a
+  little; a finished sentence should not). Measured in docs/performance.md ("Live
+  transcription").
 - **Synchronous files before jobs**: the files' batcher is let in only about one batch's
-  worth of audio at a time (`PriorityGate`); the rest waits here ordered by class, then by
-  arrival, so a backlog of jobs never delays a file by more than the batch in progress.
+  worth of audio at a time; the rest waits ordered by class, then by arrival, so a backlog
+  of jobs would never delay a file by more than the batch in progress.
+
+Each lane has a `PriorityGate` in front of its batcher doing that ordering.
 
 What is not reordered: chunks still at the caller's router (past the replica's
 `max_ongoing_requests`) wait there in arrival order; the ingress's admission control keeps
@@ -29,9 +36,15 @@ from typing import AsyncIterator
 class Priority(IntEnum):
     """Lower goes first."""
 
-    LIVE = 0  # a speaker is waiting for this turn (serve_app.realtime): the live lane
-    SYNC = 1  # an HTTP request is held open for this file
-    JOB = 2  # background work whose client polls or gets a callback
+    LIVE = 0  # a turn has ended (or paused) and its speaker waits for the transcript
+    LIVE_PARTIAL = 1  # a growing turn decoded again for its deltas
+    SYNC = 2  # an HTTP request is held open for this file
+    JOB = 3  # background work whose client polls or gets a callback
+
+    @property
+    def live(self) -> bool:
+        """Runs on the live lane."""
+        return self in (Priority.LIVE, Priority.LIVE_PARTIAL)
 
 
 class PriorityGate:

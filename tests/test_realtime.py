@@ -290,8 +290,8 @@ def test_session_limits(glm: str) -> None:
     with LiveClient(glm, **auth) as live:
         started = time.monotonic()
         while time.monotonic() - started < GLM_REALTIME_LIMITS["max_session_s"] + 30:
-            live.append(silence(0.5))
             try:
+                live.append(silence(0.5))
                 event = live.receive(timeout_s=1)
             except TimeoutError:
                 continue

@@ -1,7 +1,9 @@
 """What a live session asks of the rest of the service: the speech detector's stream, one
 quick decode of the growing turn, and the final transcript of a turn as a file gets it.
 
-Every model call goes as `Priority.LIVE`, ahead of files and jobs at the model replica.
+Every model call goes to the model replica's live lane, ahead of files and jobs: a turn
+that has ended (or paused, and may have) as `Priority.LIVE`, the re-decodes of a growing
+turn as `Priority.LIVE_PARTIAL` behind them.
 """
 
 from __future__ import annotations
@@ -58,16 +60,19 @@ class LiveDecoder:
     def options(language: str | None, prompt: str | None) -> DecodeOptions:
         return DecodeOptions(language=language, prompt=prompt)
 
-    async def partial(self, audio: np.ndarray, options: DecodeOptions, item_id: str) -> str:
+    async def partial(self, audio: np.ndarray, options: DecodeOptions, item_id: str,
+                      urgent: bool = False) -> str:
         """The growing turn decoded once, in one chunk (best effort: a failure sends no
-        delta, and the final decode reports it)."""
+        delta, and the final decode reports it). `urgent`: the speaker has paused, and
+        this decode may be the turn's final one."""
+        priority = Priority.LIVE if urgent else Priority.LIVE_PARTIAL
         if audio.size < SAMPLE_RATE // 10:
             return ""
         audio = apply_gain(audio, model_gain(audio))  # quiet speakers, as files' chunks
         self._metrics.model_chunks.inc()
         try:
             result = await call_surviving_replica_loss(
-                lambda: self._model.transcribe.remote(audio, options, int(Priority.LIVE)),
+                lambda: self._model.transcribe.remote(audio, options, int(priority)),
                 self._args.limits.replica_loss_retries,
                 f"{self._request_id}/{item_id}",
             )

@@ -59,6 +59,10 @@ SEMANTIC_PAUSE_MS = {"high": 400, "auto": 700, "medium": 700, "low": 1200}
 SEAL_SEARCH_FROM_S = 5.0
 SEAL_MAX_S = 29.0
 SMOOTH_WINDOWS = 9  # ~0.3 s
+# A decode starts as soon as the speaker has paused this long (~130 ms), and counts as
+# the turn's final decode when it reaches this far past the end of speech (~64 ms).
+PAUSE_DECODE_WINDOWS = 4
+END_MARGIN_WINDOWS = 2
 # Turns committed and not yet transcribed, per session, before the reader waits.
 MAX_PENDING_TURNS = 3
 # Where a refused field is, in each dialect's session shape (OpenAI's `param`).
@@ -101,9 +105,14 @@ class OpenTurn:
     stable: StableText = field(default_factory=StableText)
     sent_before_segment: list[str] = field(default_factory=list)  # sealed parts' units
     decoded_to: int = 0  # session sample the last partial decode reached
+    # The text of a decode of the whole turn up to a sample (None once sealed or before
+    # any): when it reaches past the end of speech it is the turn's final transcript.
+    decoded: tuple[int, str] | None = None
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
     started_at: float = field(default_factory=time.monotonic)
+    last_decode_s: float = 0.0  # how long the last partial decode took, end to end
+    urgent_started: bool = False  # a pause's decode runs beside a regular one
     first_delta_sent: bool = False
 
     @property
@@ -406,7 +415,8 @@ class RealtimeSession:
                 await self._send(server_event(
                     "input_audio_buffer.speech_stopped", audio_end_ms=ms(position),
                     item_id=turn.item_id))
-                await self._commit(turn.start, position, turn.item_id)
+                speech_end = self._vad_origin + samples_at(turn_event.speech_ms)
+                await self._commit(turn.start, position, turn.item_id, speech_end)
         if self._turn is None:
             # Keep only what a turn that starts next may take as its prefix padding.
             keep = samples_at(self.config.vad.prefix_padding_ms) + WINDOW
@@ -449,11 +459,21 @@ class RealtimeSession:
 
     # ---- turns -------------------------------------------------------------------------
 
-    async def _commit(self, start: int, end: int, item_id: str) -> None:
+    async def _commit(self, start: int, end: int, item_id: str,
+                      speech_end: int | None = None) -> None:
         """The one path from audio to a final transcript: VAD end of turn, manual commit,
-        a turn past max_turn_s and the end of the session all come here."""
+        a turn past max_turn_s and the end of the session all come here.
+
+        When the turn's latest decode (started in the closing pause, `_in_pause`) already
+        covers all of its speech, that decode is the final one: the transcript comes as
+        soon as it does, not one more decode after the pause."""
         turn = self._turn if self._turn is not None and self._turn.item_id == item_id else None
         self._turn = None
+        covering: asyncio.Task | None = None
+        if (turn is not None and speech_end is not None and turn.segment_start == turn.start
+                and turn.decoded_to >= speech_end + END_MARGIN_WINDOWS * WINDOW):
+            covering = self._partial if self._partial is not None else _done_task()
+            self._partial = None
         if self._partial is not None:
             self._partial.cancel()
             self._partial = None
@@ -476,8 +496,10 @@ class RealtimeSession:
             await self._send(server_event(
                 "conversation.item.done", item=item, previous_item_id=previous))
         sent = list(turn.sent_units) if turn is not None else []
+        reuse = (turn, covering, speech_end) if covering is not None else None
         self._last_final = self._spawn(self._transcribe_turn(
-            audio, item_id, sent, self._last_final, committed_at=time.monotonic()))
+            audio, item_id, sent, self._last_final, committed_at=time.monotonic(),
+            reuse=reuse))
         self._finals.append(self._last_final)
         # A client sending faster than real time is slowed to the model's pace here (the
         # reader waits), instead of queueing unrefusable live work ahead of every file.
@@ -486,13 +508,19 @@ class RealtimeSession:
 
     async def _transcribe_turn(
         self, audio: np.ndarray, item_id: str, sent: list[str],
-        previous: asyncio.Task | None, committed_at: float,
+        previous: asyncio.Task | None, committed_at: float, reuse=None,
     ) -> None:
-        try:
-            text = await self._decoder.final(audio, self._options(), item_id)
-            error = None
-        except RealtimeError as exc:
-            text, error = "", exc
+        text, error = None, None
+        if reuse is not None:
+            turn, covering, speech_end = reuse
+            await asyncio.gather(asyncio.shield(covering), return_exceptions=True)
+            if turn.decoded is not None and turn.decoded[0] >= speech_end and turn.decoded[1]:
+                text = turn.decoded[1]
+        if text is None:  # no decode covers the turn, or it failed: the file pipeline
+            try:
+                text = await self._decoder.final(audio, self._options(), item_id)
+            except RealtimeError as exc:
+                text, error = "", exc
         if previous is not None:  # completed events in turn order
             await asyncio.gather(asyncio.shield(previous), return_exceptions=True)
         if error is not None:
@@ -524,30 +552,55 @@ class RealtimeSession:
 
     def _maybe_decode_partial(self) -> None:
         turn = self._turn
-        if turn is None or (self._partial is not None and not self._partial.done()):
+        if turn is None:
             return
+        if self._in_pause(turn):
+            # One decode per pause, at once (beside a running one): if the pause ends the
+            # turn, it holds the turn's final transcript.
+            if not turn.urgent_started:
+                turn.urgent_started = True
+                self._partial = self._spawn(self._decode_partial(turn, urgent=True))
+            return
+        turn.urgent_started = False  # speaking again: the next pause gets its decode
+        if self._partial is not None and not self._partial.done():
+            return  # one re-decode at a time
         new_speech_s = (self._audio.end - turn.decoded_to) / SAMPLE_RATE
-        if new_speech_s < self._settings.partial_every_s:
-            return
-        self._partial = self._spawn(self._decode_partial(turn))
+        # A decode that took long (a loaded model) spaces the next ones out: re-decoding a
+        # growing turn never takes more than two thirds of the lane's time per stream.
+        every_s = max(self._settings.partial_every_s, 1.5 * turn.last_decode_s)
+        if new_speech_s >= every_s:
+            self._partial = self._spawn(self._decode_partial(turn))
 
-    async def _decode_partial(self, turn: OpenTurn) -> None:
+    def _in_pause(self, turn: OpenTurn) -> bool:
+        """The speaker has paused (the last ~130 ms are below the detector's threshold)."""
+        recent = turn.probabilities[-PAUSE_DECODE_WINDOWS:]
+        quiet = self.config.vad.threshold - 0.15 if self.config.vad else 0.35
+        return len(recent) == PAUSE_DECODE_WINDOWS and max(recent) < quiet
+
+    async def _decode_partial(self, turn: OpenTurn, urgent: bool = False) -> None:
         end = self._audio.end
         turn.decoded_to = end
         if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
             await self._seal(turn, end)
             return
+        started = time.monotonic()
         text = await self._decoder.partial(self._audio.slice(turn.segment_start, end),
-                                           self._options(), turn.item_id)
+                                           self._options(), turn.item_id, urgent=urgent)
+        turn.last_decode_s = time.monotonic() - started
+        if turn.segment_start == turn.start and (turn.decoded is None or end > turn.decoded[0]):
+            turn.decoded = (end, text)  # a slower, older decode never replaces a newer one
         if self._turn is not turn:
             return  # the turn was committed meanwhile: its final decode takes over
+        if turn.decoded is not None and end < turn.decoded[0]:
+            return  # overtaken by a newer decode (a pause's)
         delta = turn.stable.update(text)
         if delta:
             await self._delta(turn.item_id, delta)
             if not turn.first_delta_sent:
                 turn.first_delta_sent = True
                 self._decoder.observe_first_delta(time.monotonic() - turn.started_at)
-        self._partial = None
+        if self._partial is asyncio.current_task():
+            self._partial = None
         self._maybe_decode_partial()  # audio that came during the decode
 
     async def _seal(self, turn: OpenTurn, end: int) -> None:
@@ -584,3 +637,10 @@ class RealtimeSession:
         part = np.pad(windows[lo:hi], SMOOTH_WINDOWS // 2, mode="edge")
         smoothed = np.convolve(part, np.ones(SMOOTH_WINDOWS) / SMOOTH_WINDOWS, mode="valid")
         return origin + (lo + int(np.argmin(smoothed))) * WINDOW
+
+
+def _done_task() -> asyncio.Future:
+    """An awaitable that is already done (the covering decode has finished)."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
