@@ -200,12 +200,37 @@ class AuthSettings(_Strict):
 
 
 class CacheSettings(_Strict):
-    """Per-ingress-replica LRU cache of transcriptions, keyed by content hash."""
+    """Cache of transcriptions keyed by content hash: each ingress replica's own LRU, or
+    Redis shared by all of them when `store` names one."""
 
     enabled: bool = True
     max_bytes: int = Field(64 * MiB, ge=0, description="Upper bound on cached result bytes.")
     ttl_s: float = Field(
         3600.0, gt=0, description="Entries expire after this long, so transcripts are not kept."
+    )
+
+
+class StoreSettings(_Strict):
+    """Where shared state lives. With no Redis URL in the environment, the result cache is
+    each ingress replica's own (embedded); with one, every ingress replica shares it."""
+
+    redis_url_env: str = Field(
+        "ASR_REDIS_URL",
+        description="Environment variable holding the Redis URL (it may carry a password, so "
+        "never the YAML); unset or empty keeps the embedded store.",
+    )
+    key_prefix: str = Field(
+        "asr:", min_length=1, max_length=64,
+        description="Prefix of every key this service writes, so an instance can be shared.",
+    )
+    timeout_s: float = Field(
+        0.25, gt=0, le=10,
+        description="Longest wait for one Redis call; a slower answer is a cache miss.",
+    )
+    outage_backoff_s: float = Field(
+        5.0, ge=0, le=600,
+        description="After a failed call, Redis is left alone this long (requests do not "
+        "each wait out a timeout while it is down).",
     )
 
 
@@ -302,6 +327,7 @@ class AppArgs(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)

@@ -227,6 +227,7 @@ class ASRIngress:
             # What the next admission decision would use (docs/operations.md).
             "admission": self._transcriber.admission.describe(),
             "realtime": self._sessions.describe(),
+            "cache": self._transcriber.cache.describe(),
         }
         if counts is not None:
             body["replicas"] = counts.as_dict()
@@ -504,7 +505,7 @@ class ASRIngress:
         """(transcript, cache_hit) for one uploaded file."""
         started = time.monotonic()
         key = self._transcriber.key_for(upload.data, options, speech, no_store)
-        cached = self._transcriber.cached(key)
+        cached = await self._transcriber.cached(key)
         if cached is not None:
             request.state.cache_hit = True
             request.state.audio_seconds += cached.duration

@@ -131,6 +131,19 @@ class IngressMetrics:
             description="Time the queued audio would take at the pool's measured speed and "
             "largest size; requests are shed above admission.max_expected_wait_s.",
         )
+        # The shared store (serve_app.store): Redis when configured.
+        self.store_operations = Counter(
+            "asr_store_operations_total",
+            description="Calls to the shared store by operation and result (ok, error, "
+            "skipped while it is known to be down).",
+            tag_keys=("op", "result"),
+        )
+        self.store_latency = Histogram(
+            "asr_store_latency_seconds",
+            description="Time of successful calls to the shared store.",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("op",),
+        )
         # Live transcription (serve_app.realtime).
         self.live_sessions = RefreshedGauge(
             "asr_live_sessions", description="Open /v1/realtime sessions on this ingress replica."

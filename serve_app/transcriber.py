@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.admission import AdmissionController, PoolSize, Reservation
 from serve_app.audio import SAMPLE_RATE, decode_audio
 from serve_app.backends.base import ChunkResult, DecodeOptions
-from serve_app.cache import TranscriptionCache, cache_key, content_hash, is_cacheable
+from serve_app.cache import cache_key, content_hash, is_cacheable
 from serve_app.chunking import Chunk, split_into_chunks
 from serve_app.config import AppArgs
 from serve_app.errors import APIError
@@ -33,6 +33,7 @@ from serve_app.replica_loss import call_surviving_replica_loss
 from serve_app.replicas import DeploymentReplicas
 from serve_app.speech import SpeechAnalysis, SpeechDetector, SpeechOptions
 from serve_app.speech.word_edges import snap_to_sound
+from serve_app.store.cache import LocalResultCache, open_result_cache
 from serve_app.subtitles import segments_at_pauses
 from serve_app.transcript import Transcription, merge_chunk_results
 
@@ -76,7 +77,7 @@ class Transcriber:
         self._model_replicas = model_replicas
         self._ingress_replicas = ingress_replicas
         self.chunk_retries = 0  # chunks sent again after their replica was lost (/readyz)
-        self._cache = TranscriptionCache(args.cache.max_bytes, args.cache.ttl_s)
+        self.cache = open_result_cache(args, metrics)
         self.admission = AdmissionController(args.admission)
 
     # ---- cache --------------------------------------------------------------------
@@ -90,21 +91,25 @@ class Transcriber:
             return None
         return cache_key(content_hash(data), self._args.model.id, options, speech)
 
-    def cached(self, key: str | None) -> Transcription | None:
+    async def cached(self, key: str | None) -> Transcription | None:
         if key is None:
             return None
-        hit = self._cache.get(key)
+        hit = await self.cache.get(key)
         self._metrics.cache_lookups.inc(tags={"result": "hit" if hit else "miss"})
         return hit
 
     def _store(self, key: str | None, transcription: Transcription) -> None:
         if key is None:
             return
-        evictions_before = self._cache.evictions
-        self._cache.put(key, transcription)
-        if self._cache.evictions > evictions_before:
-            self._metrics.cache_evictions.inc(self._cache.evictions - evictions_before)
-        self._metrics.cache_bytes.set(self._cache.bytes_used)
+        if not isinstance(self.cache, LocalResultCache):
+            self.cache.put(key, transcription)  # in the background: never delays the answer
+            return
+        lru = self.cache.lru
+        evictions_before = lru.evictions
+        lru.put(key, transcription)
+        if lru.evictions > evictions_before:
+            self._metrics.cache_evictions.inc(lru.evictions - evictions_before)
+        self._metrics.cache_bytes.set(lru.bytes_used)
 
     # ---- decode -------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ def ray_instance() -> Iterator[dict]:
         finally:
             serve.shutdown()
             ray.shutdown()
+            if _redis is not None:
+                _redis.stop()
     finally:
         shutil.rmtree(haproxy_dir, ignore_errors=True)
 
@@ -175,6 +177,42 @@ def broken_vad_app(model_path: Path) -> dict:
     )
 
 
+SHARED_ROUTE = "/shared"
+
+
+def shared_cache_app(model_path: Path, redis_url: str) -> dict:
+    """The tiny GLM-ASR app with two ingress replicas sharing their result cache in Redis
+    (the URL reaches the replicas through the environment, as in production)."""
+    app = _tiny_glm_application("shared", SHARED_ROUTE, model_path, 0.05)
+    app["runtime_env"] = {"env_vars": {"ASR_REDIS_URL": redis_url}}
+    ingress = next(d for d in app["deployments"] if d["name"] == "ASRIngress")
+    ingress["num_replicas"] = 2
+    return app
+
+
+_redis = None  # the session's Redis server (tests.redis_server), when redis-server exists
+
+
+def session_redis():
+    """One Redis for the whole session, started on first use; None without redis-server."""
+    global _redis
+    from tests.redis_server import RedisServer
+
+    if _redis is None and RedisServer.installed():
+        _redis = RedisServer()
+    return _redis
+
+
+def other_apps(glm_path: Path) -> list[dict]:
+    """Every application beside configs/local.yaml's: a redeploy must list them all, or
+    Serve removes the ones it leaves out."""
+    apps = [tiny_glm_app(glm_path), broken_vad_app(glm_path)]
+    redis = session_redis()
+    if redis is not None:
+        apps.append(shared_cache_app(glm_path, redis.url))
+    return apps
+
+
 def wait_ready(base_url: str) -> None:
     def ready() -> bool:
         return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200  # open route
@@ -195,10 +233,11 @@ def service_urls(ray_instance: dict, demo_model_path: Path, tiny_glm_path: Path)
     GLM-ASR app without a working speech detector at /broken-vad (never ready)."""
     port = free_port()
     config = local_config(demo_model_path, port)
-    config["applications"].append(tiny_glm_app(tiny_glm_path))
-    config["applications"].append(broken_vad_app(tiny_glm_path))
+    config["applications"] += other_apps(tiny_glm_path)
     deploy(config)
     urls = {"whisper": f"http://127.0.0.1:{port}", "glm": f"http://127.0.0.1:{port}{GLM_ROUTE}"}
+    if session_redis() is not None:
+        urls["shared"] = f"http://127.0.0.1:{port}{SHARED_ROUTE}"
     for url in urls.values():
         wait_ready(url)
     urls["broken_vad"] = f"http://127.0.0.1:{port}{BROKEN_VAD_ROUTE}"

@@ -161,7 +161,7 @@ def test_client_errors_are_json(client: httpx.Client) -> None:
 
 def test_batching_is_reconfigured_in_place(client: httpx.Client, service: str) -> None:
     """A new user_config reaches the running replica through reconfigure(), no restart."""
-    from tests.conftest import GLM_ROUTE, broken_vad_app, deploy, local_config, tiny_glm_app
+    from tests.conftest import GLM_ROUTE, deploy, local_config, other_apps
 
     before = client.get("/readyz").json()["model"]
     port = int(service.rsplit(":", 1)[1])
@@ -174,8 +174,7 @@ def test_batching_is_reconfigured_in_place(client: httpx.Client, service: str) -
             "max_batch_size": max_batch_size,
             "batch_wait_timeout_s": wait_s,
         }
-        config["applications"].append(tiny_glm_app(glm_path))
-        config["applications"].append(broken_vad_app(glm_path))  # every app, or Serve drops it
+        config["applications"] += other_apps(glm_path)  # every app, or Serve drops it
         deploy(config)
 
     original = before["batching"]
