@@ -16,6 +16,16 @@ import pytest
 from tests.conftest import free_port
 
 
+MISSING = "redis-server is not installed (Debian's redis-server; .ci/run installs it)"
+
+
+def skip_or_fail_without_redis() -> None:
+    """Skip, saying why; in CI (ASR_REQUIRE_REDIS set) a missing server fails instead."""
+    if os.environ.get("ASR_REQUIRE_REDIS"):
+        pytest.fail(MISSING)
+    pytest.skip(MISSING)
+
+
 class RedisServer:
     @staticmethod
     def installed() -> bool:
@@ -24,10 +34,7 @@ class RedisServer:
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            message = "redis-server is not installed (Debian's redis-server; .ci/run installs it)"
-            if os.environ.get("ASR_REQUIRE_REDIS"):
-                pytest.fail(message)
-            pytest.skip(message)
+            skip_or_fail_without_redis()
         self._binary = binary
         self._dir = Path(tempfile.mkdtemp(prefix="redis-"))
         self.port = free_port()

@@ -5,7 +5,6 @@ Redis that dies mid-run turns hits into misses, never into errors."""
 from __future__ import annotations
 
 import io
-import os
 import uuid
 
 import httpx
@@ -14,15 +13,13 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import wait_until
+from tests.redis_server import skip_or_fail_without_redis
 
 
 @pytest.fixture(scope="module")
 def shared(service_urls: dict) -> str:
     if "shared" not in service_urls:
-        message = "redis-server is not installed (Debian's redis-server; .ci/run installs it)"
-        if os.environ.get("ASR_REQUIRE_REDIS"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail_without_redis()
     return service_urls["shared"]
 
 

@@ -17,10 +17,11 @@ from serve_app.backends.base import DecodeOptions
 from serve_app.config import AppArgs
 from serve_app.errors import APIError
 from serve_app.metrics import IngressMetrics
+from serve_app.params import SpeechParams
 from serve_app.priority import Priority
 from serve_app.realtime.events import RealtimeError
 from serve_app.replica_loss import call_surviving_replica_loss
-from serve_app.speech import SpeechDetector, SpeechOptions
+from serve_app.speech import SpeechDetector
 from serve_app.speech.levels import apply_gain, model_gain
 from serve_app.speech.silero import SileroStream
 from serve_app.transcriber import Transcriber
@@ -44,14 +45,9 @@ class LiveDecoder:
         self._args = args
         self._metrics = metrics
         self._request_id = request_id
-        defaults = args.speech
-        # A turn's final decode finds its speech as a file's does (same settings).
-        self._speech = SpeechOptions(
-            enabled=defaults.filter, threshold=defaults.threshold,
-            min_silence_ms=defaults.min_silence_duration_ms,
-            speech_pad_ms=defaults.speech_pad_ms,
-            min_speech_ms=defaults.min_speech_duration_ms,
-        )
+        # A turn's final decode finds its speech as a file's does: a request that sets no
+        # vad_* field.
+        self._speech = SpeechParams().speech_options(args.speech)
 
     def vad_stream(self) -> SileroStream:
         return self._detector.vad.stream()
