@@ -85,6 +85,21 @@ def running() -> int:
     return model_replicas().get("RUNNING", 0)
 
 
+def chunks_held_by_running_replicas() -> dict[str, int]:
+    """Each RUNNING model replica's actor name and the requests (chunks) it holds now.
+
+    Asked of the replica actors themselves (a method Serve runs on its own thread), not of
+    a router that may not have heard of a new replica yet.
+    """
+    import ray
+
+    held = {}
+    for name in running_replica_actor_names():
+        actor = ray.get_actor(name, namespace="serve")
+        held[name] = ray.get(actor.get_num_ongoing_requests.remote(), timeout=10)
+    return held
+
+
 def running_replica_actor_names() -> list[str]:
     """The actors of the model's RUNNING replicas, as the Serve controller lists them."""
     import ray
@@ -223,9 +238,19 @@ def test_a_killed_replica_costs_no_request_while_another_lives(service) -> None:
         wait_until(lambda: any(f.done() for f in futures), CLIENT_TIMEOUT_S,
                    interval_s=0.05, what="the load to reach the model")
         assert not all(f.done() for f in futures), "the load finished before the kill"
-        # A replica of this deployment that is RUNNING now, not one of an earlier test's
-        # that is still draining away.
-        victim = ray.get_actor(running_replica_actor_names()[0], namespace="serve")
+        # A RUNNING replica of this deployment (not one of an earlier test's that is still
+        # draining away) that holds chunks now: each waits a second for batch mates, so
+        # they are still there when the kill lands.
+        held: dict[str, int] = {}
+
+        def a_replica_holds_chunks() -> bool:
+            held.clear()
+            held.update(chunks_held_by_running_replicas())
+            return max(held.values(), default=0) >= 1
+
+        wait_until(a_replica_holds_chunks, CLIENT_TIMEOUT_S, interval_s=0.05,
+                   what="a model replica holding chunks")
+        victim = ray.get_actor(max(held, key=held.get), namespace="serve")
         ray.kill(victim, no_restart=True)
         results = [f.result(timeout=CLIENT_TIMEOUT_S + 30) for f in futures]
     failed = [describe(r) for r in results if outcome(r) != "ok"]
