@@ -137,6 +137,26 @@ def _decode_with_av(data: bytes, max_seconds: float) -> np.ndarray | None:
         return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
+def probe_duration(data: bytes) -> float | None:
+    """The audio's length from its header alone (no decoding): a job's size before it runs.
+    None when the header does not say, or the bytes are no container this service reads."""
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.frames > 0 and info.samplerate > 0:
+            return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        pass
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if container.streams.audio and container.duration:
+                return container.duration / av.time_base
+    except (av.FFmpegError, ValueError, OSError):
+        pass
+    return None
+
+
 def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     """Bytes of any supported format -> 16 kHz mono float32 samples.
 

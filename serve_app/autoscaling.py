@@ -23,6 +23,9 @@ AUDIO_RATE = "audio_s_per_s"  # audio seconds it transcribes per second of model
 # Seconds of audio an ingress replica has admitted and not yet handed to the model: the
 # rest of a long file, behind its bound on chunks in flight. No model replica sees it.
 AUDIO_UNSENT = "audio_s_unsent"
+# Audio of queued and running jobs not yet transcribed, read by every ingress replica from
+# the one shared job store: the policy takes the largest report, not their sum.
+JOBS_BACKLOG = "jobs_audio_s_backlog"
 MODEL_DEPLOYMENT = "ASRModel"
 # The weight of each new batch in the throughput average: about the last five batches.
 RATE_SMOOTHING = 0.2
@@ -73,22 +76,30 @@ class AudioSecondsPolicy:
           policy_kwargs: {target_queue_delay_s: 3.0, default_audio_s_per_s: 10.0}
     """
 
-    def __init__(self, target_queue_delay_s: float = 3.0, default_audio_s_per_s: float = 10.0):
-        if target_queue_delay_s <= 0 or default_audio_s_per_s <= 0:
-            raise ValueError("target_queue_delay_s and default_audio_s_per_s must be > 0")
+    def __init__(self, target_queue_delay_s: float = 3.0, default_audio_s_per_s: float = 10.0,
+                 jobs_target_s: float = 600.0):
+        if min(target_queue_delay_s, default_audio_s_per_s, jobs_target_s) <= 0:
+            raise ValueError("target_queue_delay_s, default_audio_s_per_s and jobs_target_s "
+                             "must be > 0")
         self.target_queue_delay_s = target_queue_delay_s
         # Until a replica has measured itself (its first batches), this speed is assumed.
         self.default_audio_s_per_s = default_audio_s_per_s
+        # Jobs are batch work: their backlog asks for enough replicas to clear it within
+        # this long, not within the interactive queueing delay.
+        self.jobs_target_s = jobs_target_s
 
-    def __call__(self, ctx, waiting_elsewhere_s: float = 0.0) -> tuple[float, dict]:
+    def __call__(self, ctx, waiting_elsewhere_s: float = 0.0,
+                 jobs_backlog_s: float = 0.0) -> tuple[float, dict]:
         metrics = ctx.aggregated_metrics or {}
         pending = _total(metrics, AUDIO_PENDING) + waiting_elsewhere_s
         rates = [r for r in metrics.get(AUDIO_RATE, {}).values() if r and r > 0]
         rate = statistics.median(rates) if rates else self.default_audio_s_per_s
-        desired = replicas_for(pending, rate, self.target_queue_delay_s)
+        # Replicas' worth of work: the interactive queue's and the jobs' add up.
+        load = pending / self.target_queue_delay_s + jobs_backlog_s / self.jobs_target_s
+        desired = math.ceil(load / rate - 1e-9)
         state = dict(ctx.policy_state or {})
         state.update(pending_audio_s=round(pending, 2), audio_s_per_s=round(rate, 2),
-                     desired=desired)
+                     jobs_backlog_s=round(jobs_backlog_s, 2), desired=desired)
         return desired, state
 
 
@@ -105,8 +116,9 @@ class AudioSecondsAppPolicy:
     """
 
     def __init__(self, target_queue_delay_s: float = 3.0, default_audio_s_per_s: float = 10.0,
-                 model_deployment: str = MODEL_DEPLOYMENT):
-        self.model_policy = AudioSecondsPolicy(target_queue_delay_s, default_audio_s_per_s)
+                 model_deployment: str = MODEL_DEPLOYMENT, jobs_target_s: float = 600.0):
+        self.model_policy = AudioSecondsPolicy(target_queue_delay_s, default_audio_s_per_s,
+                                               jobs_target_s)
         self.model_deployment = model_deployment
 
     def __call__(self, contexts: dict) -> tuple[dict, dict]:
@@ -116,10 +128,15 @@ class AudioSecondsAppPolicy:
         waiting = sum(_total(ctx.aggregated_metrics or {}, AUDIO_UNSENT)
                       for ctx in contexts.values()
                       if ctx.deployment_name != self.model_deployment)
+        jobs = max((value for ctx in contexts.values()
+                    if ctx.deployment_name != self.model_deployment
+                    for value in (ctx.aggregated_metrics or {}).get(JOBS_BACKLOG, {}).values()),
+                   default=0.0)
         decisions, states = {}, {}
         for deployment_id, ctx in contexts.items():
             if ctx.deployment_name == self.model_deployment:
-                desired, state = self.model_policy(ctx, waiting_elsewhere_s=waiting)
+                desired, state = self.model_policy(ctx, waiting_elsewhere_s=waiting,
+                                                   jobs_backlog_s=jobs)
                 state["waiting_in_ingress_s"] = round(waiting, 2)
             else:
                 desired, state = replica_queue_length_autoscaling_policy(ctx)

@@ -234,6 +234,71 @@ class StoreSettings(_Strict):
     )
 
 
+class JobSettings(_Strict):
+    """Durable transcription jobs (`/v1/audio/transcriptions/jobs`, serve_app/jobs).
+
+    Jobs live in an embedded SQLite file by default (one node; kept across restarts) or in
+    Redis when `store.redis_url_env` names one (every node). Every ingress replica runs
+    jobs from the shared queue under leases, as the lowest priority class at the model.
+    """
+
+    enabled: bool = True
+    sqlite_path: str = Field(
+        "var/jobs-{app}.sqlite3", min_length=1,
+        description="The embedded store's file, relative to the service's working "
+        "directory unless absolute; `{app}` becomes the Serve application's name (one queue "
+        "per application). Unused with Redis.",
+    )
+    max_queued_bytes: int = Field(
+        2 * 1024 * MiB, ge=MiB,
+        description="Uploaded audio of queued and running jobs, in all; a submit past it "
+        "gets 503 with Retry-After. Audio is deleted when its job ends.",
+    )
+    result_ttl_s: float = Field(
+        86_400.0, ge=10, le=90 * 86_400,
+        description="An ended job and its result are deleted this long after it ends.",
+    )
+    lease_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="A running job's lease, renewed every third of it; a replica that dies "
+        "holding a job loses it this long after its last renewal, then another takes over.",
+    )
+    poll_interval_s: float = Field(
+        1.0, ge=0.05, le=60, description="How often an idle replica looks for queued jobs."
+    )
+    concurrency: int = Field(
+        2, ge=1, le=64, description="Jobs one ingress replica runs at once."
+    )
+    max_chunks_in_flight: int = Field(
+        4, ge=1, le=1024,
+        description="Chunks of one job at the model at once (synchronous requests use "
+        "limits.max_chunks_in_flight): a backlog of jobs never floods the model's queue.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20,
+        description="Runs of one job (takeovers after a lost replica included) before it "
+        "fails; bounded, so audio that kills replicas is not replayed forever.",
+    )
+    callback_secret_env: str = Field(
+        "ASR_CALLBACK_SECRET",
+        description="Environment variable with the callbacks' signing secret (Standard "
+        "Webhooks, `whsec_<base64>` or any string); callbacks are refused at submit "
+        "while it is unset.",
+    )
+    callback_allow: tuple[str, ...] = Field(
+        (),
+        description="Hosts or CIDR networks callbacks may reach although they are loopback, "
+        "private, link-local or metadata addresses (refused otherwise: the Ray dashboard, "
+        "Redis and cloud metadata live there).",
+    )
+    callback_timeout_s: float = Field(10.0, gt=0, le=120, description="One delivery attempt.")
+    callback_max_attempts: int = Field(
+        8, ge=1, le=50,
+        description="Deliveries tried with exponential backoff (1 s doubling, at most "
+        "5 minutes apart) before the callback is marked failed.",
+    )
+
+
 class SpeechSettings(_Strict):
     """The speech detector (Silero VAD v6 on onnxruntime) and its per-request defaults.
 
@@ -332,6 +397,7 @@ class AppArgs(_Strict):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     readiness_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long /readyz waits for the model's ready() answer."
     )

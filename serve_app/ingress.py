@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 
 from serve_app.audio import SAMPLE_RATE
 from serve_app.auth import APIKeyChecker, load_api_keys
-from serve_app.autoscaling import AUDIO_UNSENT
+from serve_app.autoscaling import AUDIO_UNSENT, JOBS_BACKLOG
 from serve_app.backends.base import DecodeOptions
 from serve_app.config import AppArgs
 from serve_app.errors import APIError, from_http_status, invalid_parameter
@@ -34,9 +34,13 @@ from serve_app.metrics import IngressMetrics
 from serve_app.openapi import (
     BATCH_REQUEST_BODY,
     ERROR_RESPONSES,
+    JOB_ERROR_RESPONSES,
+    JOB_REQUEST_BODY,
     SPEECH_TIMESTAMPS_REQUEST_BODY,
     TRANSCRIPTION_REQUEST_BODY,
 )
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.service import JobService, open_job_store, owner_of
 from serve_app.params import SpeechParams, TranscriptionParams, check_model, parse_params
 from serve_app.realtime.decoding import LiveDecoder
 from serve_app.realtime.session import RealtimeSession
@@ -157,6 +161,15 @@ def _sse(event: dict) -> str:
     return f"data: {json.dumps(event)}\n\n"
 
 
+def _transcription_fields(fields: list) -> list:
+    """A job's fields as the transcription validates them: the response format is the
+    result's business (any format, asked when fetched), so it is not checked against the
+    words here."""
+    return [(k, v) for k, v in fields
+            if k not in ("response_format", "timestamp_granularities[]",
+                         "timestamp_granularities", "stream")]
+
+
 def _no_store(request: Request) -> bool:
     """Clients opt out of the cache per request, as HTTP caches are told to."""
     return "no-store" in request.headers.get("cache-control", "").lower()
@@ -183,6 +196,13 @@ class ASRIngress:
         replica_id = context.replica_id.unique_id
         self._sessions = SessionRegistry(
             self._args.realtime, lambda: ingress_replicas.state_of(replica_id))
+        self.jobs: JobService | None = None
+        if self._args.jobs.enabled:
+            store = open_job_store(self._args, context.app_name)
+            runner = JobRunner(store, self._transcriber, self._args, self.metrics,
+                               self._job_options, replica_id)
+            self.jobs = JobService(self._args, store, runner, self._job_options)
+            runner.start()  # Serve runs the constructor on the replica's event loop
         api.state.ingress = self  # the middleware runs outside the route's instance
         logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
 
@@ -195,7 +215,16 @@ class ASRIngress:
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Audio admitted here and not yet at the model, for the application-level policy
         serve_app.autoscaling.AudioSecondsAppPolicy (called only where this autoscales)."""
-        return {AUDIO_UNSENT: self._transcriber.admission.unsent_audio_seconds}
+        stats = {AUDIO_UNSENT: self._transcriber.admission.unsent_audio_seconds}
+        if self.jobs is not None:
+            stats[JOBS_BACKLOG] = self.jobs.runner.backlog_audio_s
+        return stats
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown, once requests have drained: running jobs go back to
+        the queue at once instead of waiting out their leases."""
+        if self.jobs is not None:
+            await self.jobs.runner.stop()
 
     @api.get("/healthz", summary="Liveness: the ingress process answers.")
     async def healthz(self) -> dict:
@@ -229,6 +258,10 @@ class ASRIngress:
             "realtime": self._sessions.describe(),
             "cache": self._transcriber.cache.describe(),
         }
+        if self.jobs is not None:
+            body["jobs"] = {"store": self.jobs.store.kind,
+                            "running_here": self.jobs.runner.running_here,
+                            "store_error": self.jobs.runner.last_error}
         if counts is not None:
             body["replicas"] = counts.as_dict()
             if counts.running == 0:
@@ -397,6 +430,108 @@ class ASRIngress:
                     words=params.wants_words))
             results.append(item)
         return JSONResponse({"object": "list", "data": results})
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    def _job_service(self) -> JobService:
+        if self.jobs is None:
+            raise APIError(404, "not_found", "Jobs are turned off here.")
+        return self.jobs
+
+    @staticmethod
+    def _owner(request: Request) -> str:
+        """The submitting key's hash: the middleware has already checked the key."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return owner_of(token.strip() if scheme.lower() == "bearer" and
+                        request.app.state.ingress.auth.enabled else None)
+
+    async def _job_options(self, fields: list, task: str) -> tuple[DecodeOptions, SpeechOptions]:
+        """A job's options, from the fields it was submitted with. Its words are timed
+        wherever the model can, so its one stored result renders in every format."""
+        _, options, speech = await self._validated(_transcription_fields(fields), task)
+        info = self._model_info or {}
+        timed = task == "transcribe" and not info.get("word_timestamps_unavailable")
+        return dataclasses.replace(options, word_timestamps=timed), speech
+
+    @api.post(
+        "/v1/audio/transcriptions/jobs",
+        status_code=202,
+        summary="Submit audio as a durable job: 202 at once with the job and its Location; "
+        "poll it, or get a signed callback when it ends.",
+        openapi_extra={"requestBody": JOB_REQUEST_BODY},
+        responses=JOB_ERROR_RESPONSES,
+    )
+    async def submit_job(self, request: Request) -> JSONResponse:
+        jobs = self._job_service()
+        upload = await read_upload(request, self._args.limits.max_upload_bytes)
+        record, created = await jobs.submit(
+            upload, "transcribe", self._owner(request), request.headers.get("idempotency-key"))
+        location = f"{request.scope.get('root_path', '')}/v1/audio/transcriptions/jobs/{record.id}"
+        logger.info("request_id=%s job_id=%s %s", request.state.request_id, record.id,
+                    "submitted" if created else "found by its Idempotency-Key")
+        return JSONResponse(record.public(), status_code=202 if created else 200,
+                            headers={"Location": location})
+
+    @api.get(
+        "/v1/audio/transcriptions/jobs",
+        summary="Your jobs, newest first: `limit` per page, `after` a job id, `status` a filter.",
+        responses={k: v for k, v in JOB_ERROR_RESPONSES.items() if k in (400, 401, 503)},
+    )
+    async def list_jobs(self, request: Request, limit: int = 20, after: str | None = None,
+                        status: str | None = None) -> JSONResponse:
+        page, has_more = await self._job_service().list(self._owner(request), status, limit,
+                                                        after)
+        return JSONResponse({
+            "object": "list", "data": [r.public() for r in page], "has_more": has_more,
+            "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None,
+        })
+
+    @api.get(
+        "/v1/audio/transcriptions/jobs/{job_id}",
+        summary="A job's status: queued, running (with progress), completed, failed (with "
+        "the error) or cancelled.",
+        responses={k: v for k, v in JOB_ERROR_RESPONSES.items() if k in (401, 404, 503)},
+    )
+    async def get_job(self, request: Request, job_id: str) -> JSONResponse:
+        record = await self._job_service().get(job_id, self._owner(request))
+        return JSONResponse(record.public())
+
+    @api.get(
+        "/v1/audio/transcriptions/jobs/{job_id}/result",
+        summary="A completed job's transcript in any response_format (and "
+        "timestamp_granularities[]), as the synchronous endpoint renders it.",
+        responses={k: v for k, v in JOB_ERROR_RESPONSES.items()
+                   if k in (400, 401, 404, 409, 503)},
+    )
+    async def job_result(self, request: Request, job_id: str) -> Response:
+        jobs = self._job_service()
+        owner = self._owner(request)
+        record = await jobs.get(job_id, owner)
+        # The job's own response_format unless the query names another.
+        submitted = [(k, v) for k, v in record.fields
+                     if k in ("response_format", "timestamp_granularities[]",
+                              "timestamp_granularities")]
+        query = list(request.query_params.multi_items())
+        asked = {k.removesuffix("[]") for k, _ in query}
+        items = [(k, v) for k, v in submitted if k.removesuffix("[]") not in asked] + query
+        params = parse_params(items)
+        transcription = await jobs.result(job_id, owner)
+        request.state.audio_seconds += transcription.duration
+        response = render(transcription, params.response_format, record.task,
+                          params.wants_segments, params.wants_words)
+        response.headers["X-Audio-Duration"] = f"{transcription.duration:.3f}"
+        return response
+
+    @api.delete(
+        "/v1/audio/transcriptions/jobs/{job_id}",
+        summary="Cancel a queued or running job, or delete an ended one; its audio and "
+        "result are deleted.",
+        responses={k: v for k, v in JOB_ERROR_RESPONSES.items() if k in (401, 404, 503)},
+    )
+    async def delete_job(self, request: Request, job_id: str) -> JSONResponse:
+        record = await self._job_service().cancel(job_id, self._owner(request))
+        return JSONResponse({"id": record.id, "object": "transcription.job.deleted",
+                             "deleted": True, "status": record.status.value})
 
     @api.post(
         "/v1/audio/speech-timestamps",

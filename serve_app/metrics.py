@@ -144,6 +144,39 @@ class IngressMetrics:
             boundaries=LATENCY_BOUNDARIES_S,
             tag_keys=("op",),
         )
+        # Durable jobs (serve_app.jobs). The gauges are the shared store's totals, the same
+        # from every ingress replica: dashboards take their max, not their sum.
+        self.jobs = RefreshedGauge(
+            "asr_jobs",
+            description="Jobs in the store by status (queued, running, completed, failed, "
+            "cancelled; ended jobs until they expire).",
+            tag_keys=("status",),
+        )
+        self.jobs_oldest_queued_age = RefreshedGauge(
+            "asr_jobs_oldest_queued_age_seconds",
+            description="How long the oldest queued job has waited (0 with none queued).",
+        )
+        self.jobs_queued_bytes = RefreshedGauge(
+            "asr_jobs_queued_bytes",
+            description="Uploaded audio held for queued and running jobs (bounded by "
+            "jobs.max_queued_bytes).",
+        )
+        self.jobs_backlog_audio = RefreshedGauge(
+            "asr_jobs_backlog_audio_seconds",
+            description="Audio of queued and running jobs not yet transcribed: what the "
+            "application-level autoscaling policy adds for jobs.",
+        )
+        self.jobs_finished = Counter(
+            "asr_jobs_finished_total",
+            description="Jobs this replica ran to an end, by status (completed, failed).",
+            tag_keys=("status",),
+        )
+        self.job_callbacks = Counter(
+            "asr_job_callbacks_total",
+            description="Job callbacks by outcome (delivered, failed after every attempt or "
+            "a 410).",
+            tag_keys=("result",),
+        )
         # Live transcription (serve_app.realtime).
         self.live_sessions = RefreshedGauge(
             "asr_live_sessions", description="Open /v1/realtime sessions on this ingress replica."

@@ -113,3 +113,20 @@ SPEECH_TIMESTAMPS_REQUEST_BODY = _upload_body(
         **{k: v for k, v in _SPEECH_PROPERTIES.items() if k != "vad_filter"},
     }
 )
+
+JOB_REQUEST_BODY = _upload_body({
+    **{k: v for k, v in _FORM_PROPERTIES.items() if k != "stream"},
+    "callback_url": {
+        "type": "string", "format": "uri",
+        "description": "POSTed a signed event (Standard Webhooks) when the job ends; "
+        "private and loopback addresses are refused unless the config allows them.",
+    },
+})
+
+# The job routes' errors: the transcription's, and the job's own.
+JOB_ERROR_RESPONSES: dict[int | str, dict] = {
+    **ERROR_RESPONSES,
+    404: _error("job_not_found (also for another API key's job) or model_not_found"),
+    409: _error("result_not_ready: the job has not completed"),
+    503: _error("overloaded (the job queue is full) or store_unavailable, with Retry-After"),
+}

@@ -14,7 +14,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator, Mapping
 
 import numpy as np
 from ray.serve.exceptions import BackPressureError
@@ -239,18 +239,29 @@ class Transcriber:
         self._store(job.cache_key, transcription)
         return transcription
 
-    async def results_in_order(self, job: Job) -> AsyncIterator[ChunkResult]:
+    async def results_in_order(
+        self,
+        job: Job,
+        known: Mapping[int, ChunkResult] | None = None,
+        max_in_flight: int | None = None,
+    ) -> AsyncIterator[ChunkResult]:
         """Chunk results in audio order, as soon as each and its predecessors are done.
 
         At most `max_chunks_in_flight` chunks of this request wait at the model at once, so
         a long file never floods the queue, and the whole job is bounded in time by a
         budget that grows with its audio. The job's admission is released at the end,
-        whether it finished, failed or the client went away.
+        whether it finished, failed or the client went away. `known` results (by chunk
+        index: a resumed job's finished chunks) are not sent again.
         """
+        known = known or {}
         try:
-            in_flight = asyncio.Semaphore(self._args.limits.max_chunks_in_flight)
+            in_flight = asyncio.Semaphore(max_in_flight or self._args.limits.max_chunks_in_flight)
 
-            async def one(chunk: Chunk) -> ChunkResult:
+            async def one(index: int, chunk: Chunk) -> ChunkResult:
+                if index in known:
+                    job.reservation.sent(chunk.seconds)
+                    job.reservation.done(chunk.seconds)
+                    return known[index]
                 async with in_flight:
                     # Made here, inside the bound: a gain makes a copy, and a long file's
                     # copies must not all exist at once. Reused if the chunk is sent again.
@@ -273,7 +284,7 @@ class Transcriber:
                     self.admission.observe_rate(result.replica_audio_s_per_s)
                     return result
 
-            tasks = [asyncio.ensure_future(one(c)) for c in job.chunks]
+            tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(job.chunks)]
             deadline = asyncio.get_running_loop().time() + self._args.limits.timeout_for(
                 job.duration
             )

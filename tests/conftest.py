@@ -7,6 +7,7 @@ ports, so tests run beside a developer's service on port 8000.
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import shutil
@@ -85,9 +86,25 @@ def ray_instance() -> Iterator[dict]:
                 _redis.stop()
     finally:
         shutil.rmtree(haproxy_dir, ignore_errors=True)
+        shutil.rmtree(JOBS_DIR, ignore_errors=True)
 
 
 TEST_BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
+# Jobs of every test application: their own SQLite files (one per application, in a
+# temporary folder), quick polling, and short leases so a lost replica's job is taken over
+# within seconds. Callbacks may reach the tests' own receivers on loopback.
+JOBS_DIR = Path(tempfile.gettempdir()) / f"asr-test-jobs-{os.getpid()}"
+TEST_JOBS = {
+    "sqlite_path": str(JOBS_DIR / "jobs-{app}.sqlite3"),
+    "poll_interval_s": 0.2,
+    "lease_s": 3.0,
+    "callback_allow": ["127.0.0.1"],
+    "callback_max_attempts": 3,
+}
+# The callbacks' signing secret (Standard Webhooks' form), in the environment that Ray's
+# processes inherit, as in production.
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"test-secret-for-job-callbacks!!!").decode()
+os.environ.setdefault("ASR_CALLBACK_SECRET", CALLBACK_SECRET)
 
 
 def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
@@ -106,6 +123,7 @@ def local_config(model_path: Path, http_port: int, **args_overrides) -> dict:
     # local.yaml's autoscaling as it is.
     model.pop("autoscaling_config", None)
     model["num_replicas"] = 1
+    app["args"]["jobs"] = dict(TEST_JOBS)
     for section, values in args_overrides.items():
         app["args"].setdefault(section, {}).update(values)
     return config
@@ -123,6 +141,7 @@ def deploy(config: dict) -> None:
 
 GLM_ROUTE = "/glm"
 GLM_API_KEY = "test-key-for-the-glm-app"
+GLM_OTHER_API_KEY = "another-test-key-for-the-glm-app"  # another client: sees none of the first's jobs
 # Small enough that a few concurrent 45 s uploads overflow it.
 GLM_MAX_QUEUED_AUDIO_S = 60.0
 GLM_REALTIME_LIMITS = {"max_sessions": 2, "idle_timeout_s": 3, "max_session_s": 12}
@@ -138,7 +157,8 @@ def _tiny_glm_application(name: str, route: str, model_path: Path, num_cpus: flo
         "name": name,
         "route_prefix": route,
         "import_path": "serve_app.app:build_app",
-        "args": {"model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]}, **args},
+        "args": {"model": {"id": str(model_path), "device": "cpu", "aliases": ["whisper-1"]},
+                 "jobs": dict(TEST_JOBS), **args},
         "deployments": [
             {"name": "ASRModel", "ray_actor_options": {"num_cpus": num_cpus}},
             {"name": "ASRIngress", "ray_actor_options": {"num_cpus": num_cpus}},
@@ -154,7 +174,7 @@ def tiny_glm_app(model_path: Path) -> dict:
     CPU so it fits beside configs/local.yaml on two cores.
     """
     keys_file = glm_api_keys_file(model_path)
-    keys_file.write_text(f"{GLM_API_KEY}\n")
+    keys_file.write_text(f"{GLM_API_KEY}\n{GLM_OTHER_API_KEY}\n")
     return _tiny_glm_application(
         "glm", GLM_ROUTE, model_path, 0.1,
         auth={"api_keys_file": str(keys_file)},
@@ -181,12 +201,14 @@ SHARED_ROUTE = "/shared"
 
 
 def shared_cache_app(model_path: Path, redis_url: str) -> dict:
-    """The tiny GLM-ASR app with two ingress replicas sharing their result cache in Redis
-    (the URL reaches the replicas through the environment, as in production)."""
+    """The tiny GLM-ASR app with two ingress replicas sharing their result cache and jobs
+    in Redis (the URL reaches the replicas through the environment, as in production)."""
     app = _tiny_glm_application("shared", SHARED_ROUTE, model_path, 0.05)
     app["runtime_env"] = {"env_vars": {"ASR_REDIS_URL": redis_url}}
     ingress = next(d for d in app["deployments"] if d["name"] == "ASRIngress")
     ingress["num_replicas"] = 2
+    # Jobs one chunk at a time: a long one is surely mid-way when a test kills its replica.
+    app["args"]["jobs"]["max_chunks_in_flight"] = 1
     return app
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+from serve_app.backends.base import ChunkResult
 from serve_app.transcript import Segment, Transcription, Word
 
 FORMAT_VERSION = 1  # bumped when the stored shape changes; older entries read as misses
@@ -29,5 +30,25 @@ def decode(data: bytes) -> Transcription | None:
             segments=tuple(Segment(**s) for s in body["segments"]),
             words=tuple(Word(**w) for w in words) if words is not None else None,
         )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def encode_chunk(result: ChunkResult) -> bytes:
+    """A finished chunk of a job, kept so a run taken over resumes after it."""
+    body = asdict(result)
+    body["v"] = FORMAT_VERSION
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode_chunk(data: bytes) -> ChunkResult | None:
+    """None for anything this version did not write (that chunk is decoded again)."""
+    try:
+        body = json.loads(data)
+        if body.pop("v", None) != FORMAT_VERSION or body.get("error"):
+            return None
+        words = body.pop("words")
+        return ChunkResult(**body, words=tuple(tuple(w) for w in words)
+                           if words is not None else None)
     except (ValueError, KeyError, TypeError):
         return None

@@ -18,17 +18,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 import yaml
 
 from serve_app.proxy_hooks import private_haproxy_env
-from tests.cluster.conftest import PRIVATE_TMP, Load, describe, outcome, wait_model
+from tests.cluster.conftest import PRIVATE_TMP, Load, describe, outcome, wait_model, wav_bytes
 from tests.conftest import READY_DEADLINE_S, free_port, local_config, wait_until
+from tests.speech import load_fixture, word_error_rate
 
 BIN = Path(sys.executable).parent  # the venv's `ray` and `serve`
 CLI_TIMEOUT_S = 180  # one CLI call (Python and Ray imports are slow on a busy machine)
@@ -37,8 +40,8 @@ CLI_TIMEOUT_S = 180  # one CLI call (Python and Ray imports are slow on a busy m
 class Head:
     """A one-node cluster from `ray start --head --block`, private ports and temp dir."""
 
-    def __init__(self) -> None:
-        self.temp_dir = PRIVATE_TMP / "cli"
+    def __init__(self, name: str = "cli") -> None:
+        self.temp_dir = PRIVATE_TMP / name
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.dashboard_url = f"http://127.0.0.1:{free_port()}"
         self.env = {
@@ -130,6 +133,65 @@ def app_settled(head: Head, replicas: dict[str, int]) -> bool:
 
 def wait_settled(head: Head, replicas: dict[str, int], what: str) -> None:
     wait_until(lambda: app_settled(head, replicas), READY_DEADLINE_S, interval_s=2.0, what=what)
+
+
+def test_a_job_survives_a_restart_of_the_whole_service(
+        demo_model_path: Path, tmp_path: Path) -> None:
+    """The embedded store (SQLite on local disk, no Redis): a job mid-way when the whole
+    cluster stops completes once the service is started and deployed again. Runs before
+    the module's shared cluster exists, so only one cluster is up at a time."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    config = local_config(demo_model_path, port)
+    jobs = config["applications"][0]["args"]["jobs"]
+    jobs.update(sqlite_path=str(tmp_path / "jobs-{app}.sqlite3"), max_chunks_in_flight=1)
+    long = load_fixture("long_45s.wav")
+    audio = np.concatenate([np.tile(long.audio, 5), np.zeros(16_000, np.float32)])
+    jobs_url = f"{base_url}/v1/audio/transcriptions/jobs"
+
+    first = Head("restart-1")
+    try:
+        first.wait_up()
+        first.deploy(config)
+        wait_settled(first, {"ASRModel": 1, "ASRIngress": 1}, "the service to be RUNNING")
+        submitted = httpx.post(jobs_url, files={"file": ("long.wav", wav_bytes(audio))},
+                               timeout=120)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+
+        def mid_way() -> bool:
+            job = httpx.get(f"{jobs_url}/{job_id}", timeout=30).json()
+            assert job["status"] in ("queued", "running"), job
+            return 0 < job["progress"]["audio_seconds_done"]
+
+        wait_until(mid_way, READY_DEADLINE_S, interval_s=0.2, what="the job to be mid-way")
+    finally:
+        first.stop()  # every process of the cluster: nothing of it outlives this
+    stopped_at = time.time()
+
+    second = Head("restart-2")
+    try:
+        second.wait_up()
+        second.deploy(config)
+        ended: dict = {}
+
+        def job_ended() -> bool:
+            try:
+                ended.update(httpx.get(f"{jobs_url}/{job_id}", timeout=30).json())
+            except httpx.HTTPError:
+                return False  # not serving yet
+            return ended.get("status") in ("completed", "failed", "cancelled")
+
+        wait_until(job_ended, READY_DEADLINE_S, interval_s=1.0, what="the job to end")
+        assert ended["status"] == "completed", ended
+        # Begun by the first cluster, finished by the second (whether the first gave it
+        # back as it stopped or its lease ran out).
+        assert ended["started_at"] < stopped_at < ended["finished_at"], ended
+        text = httpx.get(f"{jobs_url}/{job_id}/result", params={"response_format": "text"},
+                         timeout=30).text
+        assert word_error_rate([" ".join([long.text] * 5)], [text]) < 0.15, text
+    finally:
+        second.stop()
 
 
 @pytest.fixture(scope="module")

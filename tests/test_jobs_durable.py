@@ -1,0 +1,116 @@
+"""A job outlives the ingress replicas that run it: jobs in the shared Redis store, the
+replicas killed mid-job, the job taken over when its lease runs out and resumed after the
+chunks already done. The tiny GLM-ASR app at /shared runs two ingress replicas with its
+jobs one chunk at a time, so a long file is surely mid-way when the kill lands."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import READY_DEADLINE_S, wait_until
+from tests.redis_server import skip_or_fail_without_redis
+from tests.speech import SAMPLE_RATE, load_fixture
+
+JOBS = "/v1/audio/transcriptions/jobs"
+
+
+@pytest.fixture(scope="module")
+def shared(service_urls: dict) -> str:
+    if "shared" not in service_urls:
+        skip_or_fail_without_redis()
+    return service_urls["shared"]
+
+
+def long_wav(minutes: float, salt: int) -> bytes:
+    """Speech for `minutes` (the 44-s fixture repeated), unique by its silent tail."""
+    speech = load_fixture("long_45s.wav").audio
+    audio = np.resize(speech, int(minutes * 60 * SAMPLE_RATE))
+    audio = np.concatenate([audio, np.zeros(SAMPLE_RATE + 160 * salt, np.float32)])
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, SAMPLE_RATE, format="FLAC")
+    return buffer.getvalue()
+
+
+def saved_chunks(job_id: str) -> int:
+    """Chunk results the job's runs have saved, read from the store itself."""
+    from serve_app.jobs.redis_store import RedisJobStore
+    from tests.conftest import session_redis
+
+    async def count() -> int:
+        store = RedisJobStore(session_redis().url, "asr:shared:", 2.0)
+        try:
+            return len(await store.chunks(job_id))
+        finally:
+            await store.close()
+
+    return asyncio.run(count())
+
+
+def ingress_actor_names(app: str) -> list[str]:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    details = ray.get(controller.get_deployment_details.remote(app, "ASRIngress"))
+    return [r.actor_name for r in details.replicas
+            if str(getattr(r.state, "value", r.state)) == "RUNNING"]
+
+
+def test_a_job_survives_the_loss_of_the_replicas_running_it(shared: str) -> None:
+    import ray
+
+    with httpx.Client(base_url=shared, timeout=120) as http:
+        reference = http.post("/v1/audio/transcriptions",
+                              files={"file": ("ref.flac", long_wav(8, 0))},
+                              data={"response_format": "verbose_json"}).json()
+        submitted = http.post(JOBS, files={"file": ("long.flac", long_wav(8, 1))})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+
+        # Mid-way: some chunks done and saved, most still to do.
+        def mid_way() -> bool:
+            status = http.get(f"{JOBS}/{job_id}").json()
+            assert status["status"] in ("queued", "running"), status
+            return status["status"] == "running" and saved_chunks(job_id) >= 2
+
+        wait_until(mid_way, READY_DEADLINE_S, interval_s=0.1, what="the job to be mid-way")
+        before = http.get(f"{JOBS}/{job_id}").json()
+        assert before["progress"]["audio_seconds_done"] < before["progress"]["audio_seconds_total"]
+
+        # Every ingress replica of the app, so surely the one holding the job (no graceful
+        # shutdown: its lease has to run out before another may take the job).
+        victims = ingress_actor_names("shared")
+        for name in victims:
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+        def answered() -> dict | None:
+            try:
+                return http.get(f"{JOBS}/{job_id}", timeout=10).json()
+            except httpx.HTTPError:
+                return None  # the replicas are being replaced
+
+        ended: dict = {}
+
+        def job_ended() -> bool:
+            status = answered()
+            if status and "status" in status:
+                ended.update(status)
+            return ended.get("status") in ("completed", "failed", "cancelled")
+
+        wait_until(job_ended, READY_DEADLINE_S, interval_s=0.5, what="the job to end")
+        assert ended["status"] == "completed", ended
+        assert ended["attempts"] >= 2, ended  # taken over, not finished by the dead replica
+        assert not set(victims) & set(ingress_actor_names("shared"))
+        result = http.get(f"{JOBS}/{job_id}/result",
+                          params={"response_format": "verbose_json"}).json()
+        # The chunks done before the kill and those after merge into one transcript of the
+        # whole file, timed as the one request that did it all. (The tiny model's random
+        # words depend on its batch mates, so its text is not compared.)
+        assert result["duration"] == pytest.approx(reference["duration"], abs=0.05)
+        assert result["segments"][-1]["end"] > reference["duration"] - 10
