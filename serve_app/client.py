@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import hashlib
+import json
 import mimetypes
 import os
 import random
@@ -18,7 +20,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Literal, Sequence
+from typing import Any, Awaitable, Callable, Literal, Optional, Sequence
+from urllib.parse import quote
 
 import httpx
 from tqdm import tqdm
@@ -30,6 +33,7 @@ AUDIO_EXTENSIONS = frozenset(
 # language and duration are worth keeping, and the duration feeds the progress bar.
 SERVER_FORMATS = {"txt": "text", "srt": "srt", "vtt": "vtt", "json": "verbose_json"}
 ENDPOINT = "/v1/audio/transcriptions"
+JOBS_ENDPOINT = f"{ENDPOINT}/jobs"  # --async: durable jobs, polled until they end
 DURATION_HEADER = "X-Audio-Duration"  # seconds as a float; absent on older servers
 
 # 429/503 mean "come back later" (Retry-After says when); 502/504 are a proxy that lost
@@ -40,6 +44,11 @@ BACKOFF_MAX_S = 30.0
 MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After is likely a misconfiguration; don't hang
 DEFAULT_TIMEOUT_S = 3600.0  # the server's own request limit: hour-long files take minutes
 CONNECT_TIMEOUT_S = 10.0
+POLL_TIMEOUT_S = 60.0  # a status poll is small: don't wait --timeout (an hour) on one
+# Polls that failed in a row (each after its own retries) before giving up on a job; with
+# the growing wait between them this rides out a few minutes of server outage.
+MAX_POLL_FAILURES = 10
+ENDED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -72,6 +81,9 @@ class Options:
     progress: bool
     overwrite: bool
     words: bool = False  # json output carries each word's time (Whisper models)
+    async_jobs: bool = False  # --async: submit each file as a job and poll it
+    poll_interval_s: float = 2.0
+    keep_jobs: bool = False  # leave ended jobs on the server (they expire there)
 
 
 # ---- finding inputs -------------------------------------------------------------------
@@ -204,6 +216,32 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def format_fields(options: Options) -> dict[str, Any]:
+    """What decides the rendering: the response_format and, for json, the word times."""
+    fields: dict[str, Any] = {"response_format": SERVER_FORMATS[options.fmt]}
+    if options.words and options.fmt == "json":
+        fields["timestamp_granularities[]"] = ["word", "segment"]
+    return fields
+
+
+def model_fields(options: Options) -> dict[str, Any]:
+    """What decides the transcript itself."""
+    fields = {"language": options.language, "model": options.model}
+    return {name: value for name, value in fields.items() if value}
+
+
+def upload_part(source: Path, data: bytes) -> tuple[str, bytes, str]:
+    content_type = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
+    return (source.name, data, content_type)
+
+
+def retry_logger(job: Job, log: Callable[[str], None]) -> Callable[[str, float], None]:
+    def on_retry(reason: str, delay: float) -> None:
+        log(f"retry {job.source}: {reason}; next try in {delay:.1f} s")
+
+    return on_retry
+
+
 async def transcribe_file(
     http: httpx.AsyncClient, job: Job, options: Options, log: Callable[[str], None]
 ) -> Outcome:
@@ -211,19 +249,9 @@ async def transcribe_file(
         data = await asyncio.to_thread(job.source.read_bytes)
     except OSError as exc:
         return Outcome(job, "failed", error=f"cannot read: {exc}")
-    fields = {"response_format": SERVER_FORMATS[options.fmt]}
-    if options.words and options.fmt == "json":
-        fields["timestamp_granularities[]"] = ["word", "segment"]
-    if options.language:
-        fields["language"] = options.language
-    if options.model:
-        fields["model"] = options.model
-    content_type = mimetypes.guess_type(job.source.name)[0] or "application/octet-stream"
-    files = {"file": (job.source.name, data, content_type)}
-
-    def on_retry(reason: str, delay: float) -> None:
-        log(f"retry {job.source}: {reason}; next try in {delay:.1f} s")
-
+    fields = {**format_fields(options), **model_fields(options)}
+    files = {"file": upload_part(job.source, data)}
+    on_retry = retry_logger(job, log)
     try:
         response = await send_with_retries(
             lambda: http.post(ENDPOINT, files=files, data=fields), options.retries, on_retry
@@ -237,6 +265,212 @@ async def transcribe_file(
     except OSError as exc:
         return Outcome(job, "failed", error=f"cannot write {job.output}: {exc}")
     return Outcome(job, "done", audio_s=audio_duration(response, options.fmt))
+
+
+# ---- --async: one durable job per file -------------------------------------------------
+
+
+class JobError(Exception):
+    """This file's job can't go on; the message says why (the server's error if any)."""
+
+
+class PollBlip(Exception):
+    """A status poll that failed for a reason that may pass (connection error, 5xx)."""
+
+
+Progress = Callable[[float, Optional[float]], None]  # audio seconds done, total (None: unknown)
+Retry = Callable[[str, float], None]
+
+
+def idempotency_key(source: Path, data: bytes, fields: dict[str, Any]) -> str:
+    """The same file at the same place with the same options gets the same key, so rerunning
+    a command after a crash or a lost connection finds the job it submitted before instead
+    of submitting again. The path is in it so that two identical copies in one run are two
+    jobs: the first to finish would otherwise delete the job under the other."""
+    digest = hashlib.sha256(hashlib.sha256(data).digest())
+    digest.update(json.dumps([str(source.resolve()), fields], sort_keys=True).encode())
+    return f"asr-client-{digest.hexdigest()}"
+
+
+def job_state(response: httpx.Response) -> dict[str, Any]:
+    try:
+        state = response.json()
+        if isinstance(state, dict) and state.get("id") and state.get("status"):
+            return state
+    except ValueError:
+        pass
+    raise JobError(f"unexpected job body (HTTP {response.status_code}): {response.text[:200]}")
+
+
+def job_error(state: dict[str, Any]) -> str:
+    """`job 12ab failed: invalid_audio: message` from the job's OpenAI-style error."""
+    error = state.get("error") or {}
+    detail = f": {error.get('code')}: {error.get('message')}" if error else ""
+    return f"job {state['id']} {state['status']}{detail}"
+
+
+def job_audio_seconds(state: dict[str, Any]) -> tuple[float, float | None]:
+    """(done, total) audio seconds from the job's progress; a completed job is all done."""
+    progress = state.get("progress") or {}
+    try:
+        done = float(progress.get("audio_seconds_done") or 0.0)
+        total = progress.get("audio_seconds_total")
+        total = None if total is None else float(total)
+    except (TypeError, ValueError):
+        return 0.0, None
+    if state["status"] == "completed" and total is not None:
+        done = total
+    return done, total
+
+
+async def submit_job(
+    http: httpx.AsyncClient, job: Job, data: bytes, options: Options, on_retry: Retry
+) -> tuple[str, dict[str, Any]]:
+    """The job's URL and its state; a job already submitted with this key comes back as is."""
+    fields = {**model_fields(options), **format_fields(options)}
+    fields.pop("response_format")  # chosen when the result is fetched
+    headers = {"Idempotency-Key": idempotency_key(job.source, data, fields)}
+    files = {"file": upload_part(job.source, data)}
+    response = await send_with_retries(
+        lambda: http.post(JOBS_ENDPOINT, files=files, data=fields, headers=headers),
+        options.retries, on_retry,
+    )
+    if response.status_code not in (200, 202):
+        raise JobError(describe_error(response))
+    state = job_state(response)
+    return f"{JOBS_ENDPOINT}/{quote(str(state['id']), safe='')}", state
+
+
+async def poll_job(
+    http: httpx.AsyncClient, url: str, options: Options, on_retry: Retry
+) -> dict[str, Any]:
+    timeout = min(options.timeout_s, POLL_TIMEOUT_S)
+    try:
+        response = await send_with_retries(
+            lambda: http.get(url, timeout=timeout), options.retries, on_retry
+        )
+    except httpx.TransportError as exc:
+        raise PollBlip(f"{type(exc).__name__}: {exc}") from exc
+    if response.status_code >= 500 or response.status_code in TRANSIENT_STATUSES:
+        raise PollBlip(describe_error(response))
+    if response.status_code != 200:
+        raise JobError(describe_error(response))  # e.g. 404 job_not_found: it expired
+    return job_state(response)
+
+
+async def wait_for_job(
+    http: httpx.AsyncClient, url: str, state: dict[str, Any], options: Options,
+    progress: Progress, on_retry: Retry,
+) -> dict[str, Any]:
+    """Poll every --poll-interval until the job ends. Failed polls wait longer each time and
+    only give up after MAX_POLL_FAILURES in a row; the job stays on the server then."""
+    failures, delay = 0, options.poll_interval_s
+    while True:
+        progress(*job_audio_seconds(state))
+        if state["status"] in ENDED_STATUSES:
+            return state
+        await asyncio.sleep(delay)
+        try:
+            state = await poll_job(http, url, options, on_retry)
+            failures, delay = 0, options.poll_interval_s
+        except PollBlip as exc:
+            failures += 1
+            if failures >= MAX_POLL_FAILURES:
+                raise JobError(f"lost track of job {state['id']} ({exc}); it goes on on the "
+                               "server: run the same command again to pick it up") from exc
+            delay = max(options.poll_interval_s, backoff_delay(failures - 1))
+            on_retry(f"job {state['id']} status: {exc}", delay)
+
+
+async def save_result(
+    http: httpx.AsyncClient, job: Job, url: str, options: Options, on_retry: Retry
+) -> httpx.Response:
+    """Fetch the completed job's transcript in the output's format and write it."""
+    params = format_fields(options)
+    response = await send_with_retries(
+        lambda: http.get(f"{url}/result", params=params), options.retries, on_retry
+    )
+    if response.status_code != 200:
+        raise JobError(describe_error(response))
+    try:
+        await asyncio.to_thread(write_atomic, job.output, response.content)
+    except OSError as exc:
+        raise JobError(f"cannot write {job.output}: {exc}") from exc
+    return response
+
+
+async def delete_job(
+    http: httpx.AsyncClient, url: str, options: Options, on_retry: Retry,
+    log: Callable[[str], None],
+) -> None:
+    """Best effort: the transcript is safe by now, and the server expires jobs anyway."""
+    try:
+        response = await send_with_retries(lambda: http.delete(url), options.retries, on_retry)
+    except httpx.TransportError as exc:
+        log(f"could not delete {url}: {type(exc).__name__}: {exc}")
+        return
+    if response.status_code >= 300 and response.status_code != 404:
+        log(f"could not delete {url}: {describe_error(response)}")
+
+
+async def transcribe_as_job(
+    http: httpx.AsyncClient, job: Job, options: Options, log: Callable[[str], None],
+    progress: Progress,
+) -> Outcome:
+    """--async: submit the file as a job, follow it, fetch its result. A job that ended is
+    then deleted (unless --keep-jobs), so a rerun submits afresh; one whose result could
+    not be saved is kept, and a rerun finds it again through its Idempotency-Key."""
+    try:
+        data = await asyncio.to_thread(job.source.read_bytes)
+    except OSError as exc:
+        return Outcome(job, "failed", error=f"cannot read: {exc}")
+    on_retry = retry_logger(job, log)
+    try:
+        url, state = await submit_job(http, job, data, options, on_retry)
+        state = await wait_for_job(http, url, state, options, progress, on_retry)
+        if state["status"] == "completed":
+            result = await save_result(http, job, url, options, on_retry)
+    except JobError as exc:
+        return Outcome(job, "failed", error=str(exc))
+    except httpx.TransportError as exc:
+        return Outcome(job, "failed", error=f"{type(exc).__name__}: {exc}")
+    if not options.keep_jobs:
+        await delete_job(http, url, options, on_retry, log)
+    if state["status"] != "completed":
+        return Outcome(job, "failed", error=job_error(state))
+    audio_s = job_audio_seconds(state)[1] or audio_duration(result, options.fmt)
+    return Outcome(job, "done", audio_s=audio_s)
+
+
+class AudioBar:
+    """--async's second bar: audio seconds transcribed over the audio seconds known, summed
+    over the jobs; a job's length joins the total once the server has decoded its audio."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = tqdm(
+            unit="s", desc="audio", file=sys.stderr, disable=None if enabled else True
+        )
+        self.jobs: dict[Path, tuple[float, float | None]] = {}
+
+    def reporter(self, job: Job) -> Progress:
+        def report(done: float, total: float | None) -> None:
+            self.jobs[job.source] = (done, total)
+            self.redraw()
+
+        return report
+
+    def drop(self, job: Job) -> None:
+        """A failed job's seconds leave the bar, so that it can still reach 100 %."""
+        self.jobs.pop(job.source, None)
+        self.redraw()
+
+    def redraw(self) -> None:
+        self.bar.total = round(sum(t or 0.0 for _, t in self.jobs.values()), 1) or None
+        self.bar.n = round(sum(d for d, _ in self.jobs.values()), 1)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # ---- the whole run ----------------------------------------------------------------------
@@ -270,16 +504,25 @@ async def run_jobs(jobs: Sequence[Job], options: Options) -> list[Outcome]:
         file=sys.stderr,
         disable=None if options.progress else True,  # None: only on a terminal
     )
+    audio_bar = AudioBar(options.progress) if options.async_jobs else None
     audio_s = 0.0
 
     def log(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
+    async def transcribe(http: httpx.AsyncClient, job: Job) -> Outcome:
+        if audio_bar is None:
+            return await transcribe_file(http, job, options, log)
+        outcome = await transcribe_as_job(http, job, options, log, audio_bar.reporter(job))
+        if outcome.status == "failed":
+            audio_bar.drop(job)
+        return outcome
+
     async def worker(http: httpx.AsyncClient) -> None:
         nonlocal audio_s
         while not queue.empty():
             job = queue.get_nowait()
-            outcome = await transcribe_file(http, job, options, log)
+            outcome = await transcribe(http, job)
             outcomes.append(outcome)
             if outcome.status == "failed":
                 log(f"FAILED {job.source}: {outcome.error}")
@@ -297,6 +540,8 @@ async def run_jobs(jobs: Sequence[Job], options: Options) -> list[Outcome]:
             await asyncio.gather(*(worker(http) for _ in range(options.concurrency)))
     finally:
         bar.close()
+        if audio_bar is not None:
+            audio_bar.close()
     return outcomes
 
 
@@ -378,6 +623,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
     )
+    parser.add_argument(
+        "--async", dest="async_jobs", action="store_true",
+        help="submit each file as a durable job (POST /v1/audio/transcriptions/jobs), poll "
+        "it, then fetch its result: no request stays open while a long file is "
+        "transcribed, and rerunning the same command after a crash or lost connection "
+        "finds the jobs already submitted (Idempotency-Key) instead of submitting again",
+    )
+    parser.add_argument(
+        "--poll-interval", dest="poll_interval_s", type=_positive_float, default=2.0,
+        metavar="SECONDS", help="with --async: seconds between status polls "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-jobs", action="store_true",
+        help="with --async: leave ended jobs and their results on the server (they expire "
+        "there) instead of deleting them",
+    )
     return parser
 
 
@@ -416,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=args.progress,
         overwrite=args.overwrite,
         words=args.words,
+        async_jobs=args.async_jobs,
+        poll_interval_s=args.poll_interval_s,
+        keep_jobs=args.keep_jobs,
     )
     started = time.monotonic()
     jobs = collect_jobs(args.paths, args.fmt, args.output_dir)
