@@ -4,6 +4,8 @@
   a metric of serve_app/metrics.py under the name Ray exports it, or a Ray Serve built-in
   from the allowlist below, itself checked against the installed Ray's source.
 - The KubeRay RayService embeds exactly configs/prod.yaml, and render.py sees no drift.
+- Redis (redis.yaml) never evicts jobs and keeps them across restarts, its password and URL
+  come only from Secrets, and only the Ray cluster's pods reach it.
 
 How Ray 2.60 names exported metrics (read in ray/_private/telemetry/
 open_telemetry_metric_recorder.py and the OpenTelemetry Prometheus exporter, then confirmed
@@ -339,16 +341,29 @@ import render as kuberay_render  # noqa: E402 - deploy/kuberay is scripts, not a
 import validate as kuberay_validate  # noqa: E402
 
 
-def manifest(name: str) -> dict:
-    return yaml.safe_load((KUBERAY / name).read_text())
+def documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+
+
+def manifest(name: str, kind: str | None = None, named: str | None = None) -> dict:
+    """The one document of `name` of that kind and metadata.name (the first one if unsaid)."""
+    (found, *_) = [d for d in documents(name)
+                   if kind in (None, d["kind"]) and named in (None, d["metadata"]["name"])]
+    return found
 
 
 @pytest.mark.parametrize("name", kuberay_validate.MANIFESTS)
 def test_every_manifest_is_valid_against_kuberay_and_kubernetes_schemas(name: str) -> None:
-    documents = [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
-    assert documents
-    for document in documents:
+    found = documents(name)
+    assert found
+    for document in found:
         assert kuberay_validate.problems(document) == [], name
+
+
+def test_every_rendered_manifest_is_validated_and_applied() -> None:
+    rendered = {path.name for path in kuberay_render.render_all()}
+    assert rendered == set(kuberay_validate.MANIFESTS)
+    assert "redis.yaml" in rendered  # so test_render_check_reports_no_drift covers it
 
 
 def test_the_validator_finds_what_the_api_server_would_refuse_or_prune() -> None:
@@ -369,6 +384,15 @@ def test_the_validator_finds_what_the_api_server_would_refuse_or_prune() -> None
     claim = manifest("pvc.yaml")
     claim["spec"]["storageClass"] = "nfs"  # storageClassName is the field
     assert kuberay_validate.problems(claim)
+    redis = manifest("redis.yaml", "StatefulSet")
+    redis["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["execc"] = {}
+    assert kuberay_validate.problems(redis)
+    redis = manifest("redis.yaml", "StatefulSet")
+    redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = [1]
+    assert kuberay_validate.problems(redis)
+    service = manifest("redis.yaml", "Service")
+    service["spec"]["ports"][0]["port"] = "redis"  # targetPort may name a port; port may not
+    assert kuberay_validate.problems(service)
 
 
 def test_the_crd_is_the_pinned_kuberay_release() -> None:
@@ -392,7 +416,7 @@ def test_manifests_agree_on_ports_labels_and_the_cache_claim() -> None:
     assert ports["serve"] == yaml.safe_load(PROD.read_text())["http_options"]["port"]
 
     # The NetworkPolicy selects every pod of the cluster, and opens only the Serve port to all.
-    policy = manifest("networkpolicy.yaml")["spec"]
+    policy = manifest("networkpolicy.yaml", named="asr-ray-cluster")["spec"]
     selected = policy["podSelector"]["matchLabels"]
     for group in groups:
         assert selected.items() <= group["template"]["metadata"]["labels"].items()
@@ -427,3 +451,149 @@ def test_the_image_has_what_kuberays_injected_probes_run() -> None:
     runtime = dockerfile[dockerfile.index("AS runtime"):]
     installs = re.search(r"apt-get install -y --no-install-recommends ([^\\\n&]+)", runtime)
     assert installs and "wget" in installs.group(1).split()
+
+
+# ---- Redis: jobs and the shared result cache ----------------------------------------------
+
+
+def prod_args():
+    from serve_app.config import AppArgs
+
+    return AppArgs.model_validate(yaml.safe_load(PROD.read_text())["applications"][0]["args"])
+
+
+def redis_container() -> dict:
+    (container,) = manifest("redis.yaml", "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def redis_options() -> dict[str, str]:
+    """redis-server's `--name value` arguments as a dict."""
+    container = redis_container()
+    args = [*container.get("command", []), *container.get("args", [])]
+    args = [a for a in args if a not in ("redis-server", "docker-entrypoint.sh")]
+    assert len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]), args
+    return {name[2:]: value for name, value in zip(args[::2], args[1::2])}
+
+
+def gib(value: str) -> float:
+    """Redis's memory units (`4gb` is GiB, `4g` 10^9 bytes) and Kubernetes' (`6Gi`), in GiB."""
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", value).groups()
+    scale = {"gb": 1, "Gi": 1, "mb": 1 / 1024, "Mi": 1 / 1024, "g": 1e9 / 1024**3,
+             "G": 1e9 / 1024**3, "": 1 / 1024**3}[unit]
+    return int(number) * scale
+
+
+def test_redis_never_evicts_jobs_and_keeps_them_on_disk() -> None:
+    options = redis_options()
+    # Only keys with a TTL (the cache's) may be evicted; the job store sets none.
+    assert options["maxmemory-policy"].startswith("volatile-")
+    assert "Nothing here carries a TTL" in (ROOT / "serve_app/jobs/redis_store.py").read_text()
+    assert options["appendonly"] == "yes" and options["appendfsync"] in ("everysec", "always")
+    # Queued audio is never evicted: maxmemory holds the queue's bound with room to spare,
+    # and the container's limit holds maxmemory with room for an AOF rewrite's fork.
+    maxmemory = gib(options["maxmemory"])
+    assert maxmemory * 1024**3 >= 2 * prod_args().jobs.max_queued_bytes
+    resources = redis_container()["resources"]
+    assert gib(resources["limits"]["memory"]) >= 1.25 * maxmemory
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    # The AOF lives on the claim each Redis pod gets, not in the container.
+    spec = manifest("redis.yaml", "StatefulSet")["spec"]
+    assert spec["replicas"] == 1
+    (claim,) = spec["volumeClaimTemplates"]
+    (mount,) = redis_container()["volumeMounts"]
+    assert mount == {"name": claim["metadata"]["name"], "mountPath": "/data"}
+    assert gib(claim["spec"]["resources"]["requests"]["storage"]) >= 3 * maxmemory
+
+
+def test_redis_is_pinned_probed_and_runs_unprivileged() -> None:
+    container = redis_container()
+    assert re.fullmatch(r"redis:7\.4\.\d+", container["image"])
+    assert int(container["image"].rsplit(".", 1)[1]) >= 6  # Lua RCE fixes; jobs run Lua
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "redis-cli ping" in " ".join(container[probe]["exec"]["command"]), probe
+    pod = manifest("redis.yaml", "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert set(container["resources"]["requests"]) >= {"cpu", "memory"}
+    assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
+
+
+def test_redis_password_comes_only_from_a_secret() -> None:
+    container = redis_container()
+    env = {e["name"]: e for e in container["env"]}
+    assert all("value" not in e for e in env.values()), "no literal env values"
+    match = re.fullmatch(r"\$\((\w+)\)", redis_options()["requirepass"])
+    assert match, "requirepass must be substituted from the environment"
+    assert env[match.group(1)]["valueFrom"]["secretKeyRef"] == {
+        "name": kuberay_render.REDIS_NAME, "key": "password"}
+    # The probes' redis-cli authenticates from the same Secret.
+    assert env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == {
+        "name": kuberay_render.REDIS_NAME, "key": "password"}
+    # No manifest nor the Serve config carries a password or a URL with one.
+    for path in [*KUBERAY.glob("*.yaml"), PROD]:
+        text = path.read_text()
+        assert "redis://" not in text and "rediss://" not in text, path.name
+
+
+def ingress_capable_groups() -> list[dict]:
+    """The Ray pod groups that can hold an ingress replica: all but those started with
+    num-cpus 0 (ASRIngress asks for CPUs)."""
+    cluster = manifest("rayservice.yaml")["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [g for g in groups if g["rayStartParams"].get("num-cpus") != "0"]
+
+
+def test_ray_containers_get_the_redis_url_and_callback_secret_from_secrets() -> None:
+    args = prod_args()
+    groups = ingress_capable_groups()
+    assert {g.get("groupName") for g in groups} == {"cpu", "gpu"}
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            url = env[args.store.redis_url_env]
+            assert "value" not in url
+            # Not optional: without it a pod would silently keep jobs in its own SQLite file.
+            assert url["valueFrom"]["secretKeyRef"] == {
+                "name": kuberay_render.REDIS_NAME, "key": "url"}, group.get("groupName")
+            secret = env[args.jobs.callback_secret_env]
+            assert "value" not in secret
+            assert secret["valueFrom"]["secretKeyRef"] == {
+                "name": kuberay_render.CALLBACK_SECRET, "key": "secret", "optional": True}
+
+
+def test_redis_service_and_policy_admit_only_the_service_pods_on_6379() -> None:
+    port = kuberay_render.REDIS_PORT
+    assert port == 6379
+    pod_labels = manifest("redis.yaml", "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    ray_labels = manifest("rayservice.yaml")["spec"]["rayClusterConfig"]["headGroupSpec"][
+        "template"]["metadata"]["labels"]
+    assert not ray_labels.items() <= pod_labels.items(), "Redis pods are not Ray pods"
+
+    service = manifest("redis.yaml", "Service")
+    assert service["metadata"]["name"] == kuberay_render.REDIS_NAME
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (service_port,) = service["spec"]["ports"]
+    (container_port,) = redis_container()["ports"]
+    assert service_port["port"] == container_port["containerPort"] == port
+    assert service_port["targetPort"] in (port, container_port["name"])
+
+    policies = [d for d in documents("networkpolicy.yaml")
+                if d["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+    (policy,) = policies  # exactly one policy selects Redis: no other rule adds to it
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    # A podSelector alone: pods of this namespace only, and only the Ray cluster's.
+    assert set(peer) == {"podSelector"}
+    assert peer["podSelector"] == {"matchLabels": ray_labels}
+    assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+
+
+def test_render_refuses_a_redis_too_small_for_the_job_queue(monkeypatch) -> None:
+    monkeypatch.setattr(kuberay_render, "REDIS_MAXMEMORY_GIB", 1)
+    with pytest.raises(SystemExit, match="max_queued_bytes"):
+        kuberay_render.render_redis()

@@ -7,9 +7,9 @@
   v1.5.1): its `openAPIV3Schema` with `jsonschema`, every field the API server would prune
   as unknown (structural pruning drops them silently; `kubectl apply --validate=strict`
   refuses them), and duplicate keys in `x-kubernetes-list-type: map|set` lists.
-- Built-in kinds (NetworkPolicy, PersistentVolumeClaim) are checked against Kubernetes'
-  own schemas, strictly (unknown fields are errors), with `kubernetes-validate`, which
-  bundles them for each Kubernetes minor version.
+- Built-in kinds (NetworkPolicy, PersistentVolumeClaim, and Redis's StatefulSet and
+  Service) are checked against Kubernetes' own schemas, strictly (unknown fields are
+  errors), with `kubernetes-validate`, which bundles them for each Kubernetes minor version.
 
 Left to the API server: CEL rules (`x-kubernetes-validations`), `format`, defaulting and
 the root `metadata`.
@@ -27,7 +27,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 CRD = HERE / "schemas" / "ray.io_rayservices.yaml"
-MANIFESTS = ("pvc.yaml", "networkpolicy.yaml", "rayservice.yaml")  # also the order to apply
+# Also the order to apply, after the Secrets asr-redis and asr-callbacks (docs/operations.md).
+MANIFESTS = ("pvc.yaml", "networkpolicy.yaml", "redis.yaml", "rayservice.yaml")
 # The oldest Kubernetes minor that KubeRay 1.5 supports and kubernetes-validate bundles.
 KUBERNETES_VERSION = "1.29"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
