@@ -44,8 +44,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     ASR_MAX_UPLOAD_BYTES=104923136
 WORKDIR /app
 COPY configs ./configs
+# var/: the embedded job store (jobs.sqlite_path, SQLite) when no Redis URL is set; a volume,
+# so queued and running jobs outlive the container.
+RUN mkdir -p /app/var && chown app /app/var
 USER app
-VOLUME ["/home/app/.cache/huggingface"]
+VOLUME ["/home/app/.cache/huggingface", "/app/var"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1

@@ -298,6 +298,14 @@ class JobSettings(_Strict):
         "5 minutes apart) before the callback is marked failed.",
     )
 
+    @model_validator(mode="after")
+    def _sqlite_path_names_only_the_app(self) -> "JobSettings":
+        try:
+            self.sqlite_path.format(app="asr")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"jobs.sqlite_path may hold only {{app}}, not {exc}") from None
+        return self
+
 
 class SpeechSettings(_Strict):
     """The speech detector (Silero VAD v6 on onnxruntime) and its per-request defaults.

@@ -197,12 +197,20 @@ class ASRIngress:
         self._sessions = SessionRegistry(
             self._args.realtime, lambda: ingress_replicas.state_of(replica_id))
         self.jobs: JobService | None = None
+        self._jobs_error: str | None = None
         if self._args.jobs.enabled:
-            store = open_job_store(self._args, context.app_name)
-            runner = JobRunner(store, self._transcriber, self._args, self.metrics,
-                               self._job_options, replica_id)
-            self.jobs = JobService(self._args, store, runner, self._job_options)
-            runner.start()  # Serve runs the constructor on the replica's event loop
+            try:
+                store = open_job_store(self._args, context.app_name)
+            except Exception as exc:  # noqa: BLE001 - an unwritable SQLite path, say
+                # Synchronous and live transcription do not need it: they keep serving,
+                # and the job routes answer 503 saying why.
+                self._jobs_error = f"{type(exc).__name__}: {exc}"
+                logger.error("jobs: the store could not be opened (%s)", self._jobs_error)
+            else:
+                runner = JobRunner(store, self._transcriber, self._args, self.metrics,
+                                   self._job_options, replica_id)
+                self.jobs = JobService(self._args, store, runner, self._job_options)
+                runner.start()  # Serve runs the constructor on the replica's event loop
         api.state.ingress = self  # the middleware runs outside the route's instance
         logger.info("ingress up; API keys %s", "required" if self.auth.enabled else "off")
 
@@ -258,7 +266,9 @@ class ASRIngress:
             "realtime": self._sessions.describe(),
             "cache": self._transcriber.cache.describe(),
         }
-        if self.jobs is not None:
+        if self._jobs_error is not None:
+            body["jobs"] = {"store": None, "store_error": self._jobs_error}
+        elif self.jobs is not None:
             body["jobs"] = {"store": self.jobs.store.kind,
                             "running_here": self.jobs.runner.running_here,
                             "store_error": self.jobs.runner.last_error}
@@ -434,6 +444,10 @@ class ASRIngress:
     # ---- jobs -------------------------------------------------------------------------
 
     def _job_service(self) -> JobService:
+        if self._jobs_error is not None:
+            raise APIError(503, "store_unavailable",
+                           f"The job store could not be opened: {self._jobs_error}",
+                           headers={"Retry-After": str(self._args.admission.retry_after_s)})
         if self.jobs is None:
             raise APIError(404, "not_found", "Jobs are turned off here.")
         return self.jobs
