@@ -530,6 +530,7 @@ def turn_results(run: StreamRun) -> tuple[list[dict], dict]:
             "deltas": len(deltas),
             "deltas_during_speech": len(during),
             "max_delta_gap_s": float(np.max(np.diff(during))) if len(during) >= 2 else None,
+            "delta_gaps_s": [round(float(g), 3) for g in np.diff(during)],
             # The same, counted from the first speech sample's send to the last one's: a
             # turn whose partials stall entirely shows here, not above.
             "longest_wait_s": float(np.max(np.diff([first_sent, *during, last_sent])))
@@ -644,6 +645,7 @@ def summarise(turns: list[dict], streams: list[dict]) -> dict:
     final = [t["final_latency_s"] for t in turns if t["final_latency_s"] is not None]
     first = [t["first_delta_s"] for t in turns if t["first_delta_s"] is not None]
     gaps = [t["max_delta_gap_s"] for t in turns if t["max_delta_gap_s"] is not None]
+    every_gap = [g for t in turns for g in t["delta_gaps_s"]]
     wers = [t["wer"] for t in turns if t["wer"] is not None]
     lags = [s["max_lag_s"] for s in streams if s["max_lag_s"] is not None]
     statuses = [t["status"] for t in turns]
@@ -660,6 +662,11 @@ def summarise(turns: list[dict], streams: list[dict]) -> dict:
         "first_delta_max_s": max(first, default=None),
         "turns_without_delta_in_time": len(turns) - len(first),
         "max_delta_gap_p95_s": percentile(gaps, 95), "max_delta_gap_max_s": max(gaps, default=None),
+        # Every gap between two deltas while a turn was being spoken, over all turns.
+        "delta_gap_p50_s": percentile(every_gap, 50),
+        "delta_gap_p95_s": percentile(every_gap, 95),
+        "delta_gaps_within_1s": (round(sum(g <= 1.0 for g in every_gap) / len(every_gap), 3)
+                                 if every_gap else None),
         "longest_wait_max_s": max((t["longest_wait_s"] for t in turns
                                    if t["longest_wait_s"] is not None), default=None),
         "speech_stopped_p50_s": percentile(
@@ -725,12 +732,14 @@ async def warm_up(url: str, pool: list[Sentence]) -> None:
 def table(phases: list[dict]) -> str:
     head = (f"{'files':>5} {'streams':>7} {'turns':>5} {'done':>5} | "
             f"{'final p50':>9} {'p95':>6} {'max':>6} | {'1st delta p50':>13} {'p95':>6} "
-            f"{'max':>6} | {'gap max':>7} {'wait max':>8} | {'stop':>5} {'c->f':>5} | "
+            f"{'max':>6} | {'gap p50':>7} {'≤1s':>4} {'gap max':>7} {'wait max':>8} | "
+            f"{'stop':>5} {'c->f':>5} | "
             f"{'WER':>5} | {'lag max':>7} | ok")
     lines = [head, "-" * len(head)]
     legend = textwrap.fill(
         "seconds; final / 1st delta: from the send of the turn's last / first speech sample; "
-        "gap max: longest gap between deltas during speech; wait max: the same counted from "
+        "gap p50: median gap between two deltas during speech, ≤1s: the share of gaps of at "
+        "most a second; gap max: the longest; wait max: the same counted from "
         "the first to the last speech sample; stop: p50 end of speech -> speech_stopped; "
         "c->f: p50 committed -> completed; WER: mean per turn; lag max: how far a sender fell "
         "behind real time; ok: within the target", width=100)
@@ -740,7 +749,8 @@ def table(phases: list[dict]) -> str:
             f"{p['files']:>5} {p['streams']:>7} {s['turns']:>5} {s['completed']:>5} | "
             f"{fmt(s['final_p50_s']):>9} {fmt(s['final_p95_s']):>6} {fmt(s['final_max_s']):>6} | "
             f"{fmt(s['first_delta_p50_s']):>13} {fmt(s['first_delta_p95_s']):>6} "
-            f"{fmt(s['first_delta_max_s']):>6} | {fmt(s['max_delta_gap_max_s']):>7} "
+            f"{fmt(s['first_delta_max_s']):>6} | {fmt(s['delta_gap_p50_s']):>7} "
+            f"{fmt(s['delta_gaps_within_1s']):>4} {fmt(s['max_delta_gap_max_s']):>7} "
             f"{fmt(s['longest_wait_max_s']):>8} | "
             f"{fmt(s['speech_stopped_p50_s']):>5} {fmt(s['committed_to_final_p50_s']):>5} | "
             f"{fmt(s['wer_mean'], 3):>5} | {fmt(s['max_lag_s']):>7} | "
