@@ -113,6 +113,10 @@ class Transcriber:
 
     # ---- decode -------------------------------------------------------------------
 
+    @property
+    def detector_ready(self) -> bool:
+        return self._detector.ready
+
     def check_detector(self, speech: SpeechOptions) -> None:
         """503 before any work when the request needs a detector that failed to load."""
         if speech.enabled and not self._detector.ready:
@@ -244,6 +248,7 @@ class Transcriber:
         job: Job,
         known: Mapping[int, ChunkResult] | None = None,
         max_in_flight: int | None = None,
+        no_deadline: bool = False,
     ) -> AsyncIterator[ChunkResult]:
         """Chunk results in audio order, as soon as each and its predecessors are done.
 
@@ -251,7 +256,8 @@ class Transcriber:
         a long file never floods the queue, and the whole job is bounded in time by a
         budget that grows with its audio. The job's admission is released at the end,
         whether it finished, failed or the client went away. `known` results (by chunk
-        index: a resumed job's finished chunks) are not sent again.
+        index: a resumed job's finished chunks) are not sent again; `no_deadline` is for
+        jobs, which wait behind interactive work as long as it takes.
         """
         known = known or {}
         try:
@@ -291,7 +297,8 @@ class Transcriber:
             try:
                 for task in tasks:
                     remaining = deadline - asyncio.get_running_loop().time()
-                    yield self._checked(await asyncio.wait_for(task, max(remaining, 0.001)), job)
+                    timeout = None if no_deadline else max(remaining, 0.001)
+                    yield self._checked(await asyncio.wait_for(task, timeout), job)
             except asyncio.TimeoutError:
                 raise APIError(
                     504, "timeout", "Transcription did not finish within the time budget."

@@ -91,12 +91,11 @@ def ray_instance() -> Iterator[dict]:
 
 TEST_BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
 # Jobs of every test application: their own SQLite files (one per application, in a
-# temporary folder), quick polling, and short leases so a lost replica's job is taken over
-# within seconds. Callbacks may reach the tests' own receivers on loopback.
+# temporary folder), and short leases so a lost replica's job is taken over within seconds. Callbacks may reach the tests' own receivers on loopback.
 JOBS_DIR = Path(tempfile.gettempdir()) / f"asr-test-jobs-{os.getpid()}"
 TEST_JOBS = {
     "sqlite_path": str(JOBS_DIR / "jobs-{app}.sqlite3"),
-    "poll_interval_s": 0.2,
+    "poll_interval_s": 1.0,
     "lease_s": 3.0,
     "callback_allow": ["127.0.0.1"],
     "callback_max_attempts": 3,
@@ -145,6 +144,7 @@ GLM_OTHER_API_KEY = "another-test-key-for-the-glm-app"  # another client: sees n
 # Small enough that a few concurrent 45 s uploads overflow it.
 GLM_MAX_QUEUED_AUDIO_S = 60.0
 GLM_REALTIME_LIMITS = {"max_sessions": 2, "idle_timeout_s": 3, "max_session_s": 12}
+GLM_MAX_QUEUED_JOB_BYTES = 1024 * 1024
 
 
 def glm_api_keys_file(model_path: Path) -> Path:
@@ -181,6 +181,8 @@ def tiny_glm_app(model_path: Path) -> dict:
         admission={"max_queued_audio_seconds": GLM_MAX_QUEUED_AUDIO_S, "retry_after_s": 1},
         # Live-session limits small enough to reach in a test.
         realtime=GLM_REALTIME_LIMITS,
+        # A job queue of 1 MiB: one 44-s WAV fills it.
+        jobs={**TEST_JOBS, "max_queued_bytes": GLM_MAX_QUEUED_JOB_BYTES},
     )
 
 

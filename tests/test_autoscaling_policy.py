@@ -10,6 +10,7 @@ from serve_app.autoscaling import (
     AUDIO_PENDING,
     AUDIO_RATE,
     AUDIO_UNSENT,
+    JOBS_BACKLOG,
     AudioLoad,
     AudioSecondsAppPolicy,
     AudioSecondsPolicy,
@@ -82,3 +83,20 @@ def test_the_application_policy_counts_audio_still_waiting_in_the_ingress() -> N
     assert decisions["ingress"] == pytest.approx(2.0)
     # Without the ingress's report, only what the replica holds counts.
     assert AudioSecondsPolicy(3.0, 10.0)(model)[0] == 1
+
+
+def test_the_job_backlog_asks_for_replicas_to_clear_it_within_its_own_target() -> None:
+    policy = AudioSecondsAppPolicy(target_queue_delay_s=3.0, default_audio_s_per_s=10.0,
+                                   jobs_target_s=600.0)
+    model = app_context("ASRModel", {AUDIO_PENDING: {"m": 30.0}, AUDIO_RATE: {"m": 10.0}})
+    # Every ingress replica reads the same shared backlog (two hours of jobs): counted
+    # once, not once per replica. 30 s / (10 × 3) + 7200 s / (10 × 600) = 1 + 1.2 -> 3.
+    ingress = app_context("ASRIngress", {AUDIO_UNSENT: {"i1": 0.0, "i2": 0.0},
+                                         JOBS_BACKLOG: {"i1": 7200.0, "i2": 7200.0}},
+                          current=2, requests=1.0)
+    decisions, states = policy({"model": model, "ingress": ingress})
+    assert decisions["model"] == 3
+    assert states["model"]["jobs_backlog_s"] == 7200.0
+    # Jobs alone never ask for more than clearing them in their target takes.
+    idle = app_context("ASRModel", {AUDIO_PENDING: {"m": 0.0}, AUDIO_RATE: {"m": 10.0}})
+    assert policy({"model": idle, "ingress": ingress})[0]["model"] == 2

@@ -25,6 +25,7 @@ import webvtt
 from tests.conftest import (
     CALLBACK_SECRET,
     GLM_API_KEY,
+    GLM_MAX_QUEUED_JOB_BYTES,
     GLM_OTHER_API_KEY,
     READY_DEADLINE_S,
     free_port,
@@ -214,6 +215,22 @@ def test_a_key_sees_and_deletes_only_its_own_jobs(service_urls: dict) -> None:
         assert a["id"] != b["id"]
         for headers, job_id in ((mine, job["id"]), (mine, a["id"]), (theirs, b["id"])):
             assert wait_for_end(http, job_id, headers)["status"] == "completed"
+
+
+def test_a_full_job_queue_answers_503_with_retry_after(service_urls: dict) -> None:
+    """The audio held for queued and running jobs is bounded (the GLM app: 1 MiB)."""
+    mine = {"Authorization": f"Bearer {GLM_API_KEY}"}
+    large = unique_wav("long_45s.wav")
+    assert len(large) > GLM_MAX_QUEUED_JOB_BYTES
+    with httpx.Client(base_url=service_urls["glm"], timeout=120) as http:
+        refused = submit(http, large, mine)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["retry-after"]) >= 1
+        # Smaller jobs still fit.
+        small = submit(http, unique_wav("fox_dog.wav"), mine)
+        assert small.status_code == 202, small.text
+        assert wait_for_end(http, small.json()["id"], mine)["status"] == "completed"
 
 
 class Receiver:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from serve_app.audio import decode_audio
@@ -42,10 +43,28 @@ Validate = Callable[[list, str], Awaitable[tuple[DecodeOptions, SpeechOptions]]]
 EXPIRE_EVERY_S = 60.0  # how often a replica deletes ended jobs past their expiry
 STATS_EVERY_S = 5.0  # how often the job gauges are refreshed from the store
 CALLBACK_MAX_DELAY_S = 300.0  # the longest wait between two deliveries of one callback
+# Failures of the service rather than the job (not ready, overloaded, a time-out): the job
+# waits in the queue without using an attempt, and the replica claims nothing this long.
+TRANSIENT_STATUSES = frozenset({503, 504})
+TRANSIENT_PAUSE_S = 10.0
+FINISH_TRIES = 4  # a finished transcript is kept through a few seconds of store trouble
 
 
 class LeaseLost(Exception):
     """The job is no longer this replica's: cancelled, deleted or taken over."""
+
+
+@dataclass
+class Lease:
+    """One claim of one job: the store knows its holder by `token`, new for each claim."""
+
+    record: JobRecord
+    token: str
+    finishing: bool = False  # its finish is under way: a refused renewal is no loss
+
+    @property
+    def job_id(self) -> str:
+        return self.record.id
 
 
 def chunk_name(chunk: Chunk) -> str:
@@ -66,6 +85,8 @@ class JobRunner:
         # A new name per process: a restarted replica must not inherit its former leases.
         self.worker = f"{replica_id}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task] = {}
+        self._leases: dict[str, Lease] = {}
+        self._pause_claims_until = 0.0
         self._callbacks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -115,11 +136,16 @@ class JobRunner:
         if now >= self._next_stats:
             self._next_stats = now + STATS_EVERY_S
             await self.refresh_gauges()
-        while len(self._running) < self._settings.concurrency:
-            record = await self.store.claim(self.worker, self._settings.lease_s, time.time())
+        while (len(self._running) < self._settings.concurrency
+               and time.monotonic() >= self._pause_claims_until
+               and self._transcriber.detector_ready):
+            # A token per claim: a replica that takes up its own job again (its lease ran
+            # out during a store outage) runs it once, and the old run stops.
+            token = f"{self.worker}/{uuid.uuid4().hex[:8]}"
+            record = await self.store.claim(token, self._settings.lease_s, time.time())
             if record is None:
                 break
-            self._start_job(record)
+            self._start_job(Lease(record, token))
         while len(self._callbacks) < self._settings.concurrency * 4:
             record = await self.store.claim_callback(
                 self.worker, self._callback_lease_s(), time.time())
@@ -141,12 +167,14 @@ class JobRunner:
         another replica resumes them without waiting for their leases to run out."""
         if self._loop_task is not None:
             self._loop_task.cancel()
-        held = list(self._running)
+        held = [(job_id, self._leases.get(job_id)) for job_id in self._running]
         for task in list(self._running.values()):
             task.cancel()
-        for job_id in held:
+        for job_id, lease in held:
+            if lease is None:
+                continue
             try:
-                if await self.store.release(job_id, self.worker, None):
+                if await self.store.release(job_id, lease.token, None):
                     logger.info("job_id=%s given back to the queue (replica stopping)", job_id)
             except StoreUnavailable:
                 pass  # its lease runs out instead
@@ -159,71 +187,107 @@ class JobRunner:
 
     # ---- one job --------------------------------------------------------------------
 
-    def _start_job(self, record: JobRecord) -> None:
-        if record.attempts > 1:
-            logger.info("job_id=%s resumed (attempt %d)", record.id, record.attempts)
-        task = asyncio.ensure_future(self._run(record))
-        self._running[record.id] = task
-        task.add_done_callback(lambda _: self._running.pop(record.id, None))
+    def _start_job(self, lease: "Lease") -> None:
+        if lease.record.attempts > 1:
+            logger.info("job_id=%s resumed (attempt %d)", lease.job_id, lease.record.attempts)
+        task = asyncio.ensure_future(self._run(lease))
+        self._running[lease.job_id] = task
+        self._leases[lease.job_id] = lease
 
-    async def _run(self, record: JobRecord) -> None:
-        heartbeat = asyncio.ensure_future(self._keep_lease(record.id, asyncio.current_task()))
+        def forget(done: asyncio.Task) -> None:
+            if self._running.get(lease.job_id) is done:  # not a later claim's task
+                del self._running[lease.job_id]
+                del self._leases[lease.job_id]
+
+        task.add_done_callback(forget)
+
+    async def _run(self, lease: "Lease") -> None:
+        record = lease.record
+        heartbeat = asyncio.ensure_future(self._keep_lease(lease, asyncio.current_task()))
         started = time.monotonic()
         try:
-            await self._execute(record)
+            if record.attempts > self._settings.max_attempts:
+                # Every earlier run ended with its replica (killed, out of memory): this
+                # audio is not replayed onto yet another one.
+                raise APIError(500, "inference_failed", "The job's replica was lost in "
+                               f"each of its {self._settings.max_attempts} attempts.")
+            await self._execute(lease)
             self._metrics.jobs_finished.inc(tags={"status": "completed"})
-            logger.info("job_id=%s completed in %.1f s", record.id, time.monotonic() - started)
+            logger.info("job_id=%s completed in %.1f s", lease.job_id,
+                        time.monotonic() - started)
         except asyncio.CancelledError:
             logger.info("job_id=%s stopped here (cancelled, or no longer this replica's)",
-                        record.id)
+                        lease.job_id)
         except LeaseLost:
-            logger.info("job_id=%s is no longer this replica's", record.id)
+            logger.info("job_id=%s is no longer this replica's", lease.job_id)
+        except StoreUnavailable as exc:
+            # Not the job's fault, and nothing to record it in: its lease runs out and a
+            # replica takes it up again, resuming after the chunks saved.
+            logger.warning("job_id=%s paused: the store is unavailable (%s)", lease.job_id, exc)
         except APIError as exc:
-            await self._failed(record, exc)
+            await self._failed(lease, exc)
         except Exception as exc:  # noqa: BLE001 - the service failed, not the job
-            logger.exception("job_id=%s failed unexpectedly", record.id)
-            await self._failed(record, APIError(500, "internal_error", f"{type(exc).__name__}"))
+            logger.exception("job_id=%s failed unexpectedly", lease.job_id)
+            await self._failed(lease, APIError(500, "internal_error", type(exc).__name__))
         finally:
             heartbeat.cancel()
             self.wake()
 
-    async def _failed(self, record: JobRecord, exc: APIError) -> None:
+    async def _failed(self, lease: "Lease", exc: APIError) -> None:
         error = exc.body()["error"]
+        record = lease.record
         try:
-            if exc.status < 500 or record.attempts >= self._settings.max_attempts:
+            if exc.status in TRANSIENT_STATUSES:
+                # The service is busy or starting (model not ready, detector missing, a
+                # full queue): the job waits, this attempt not counted, and this replica
+                # claims nothing for a while.
+                self._pause_claims_until = time.monotonic() + TRANSIENT_PAUSE_S
+                if await self.store.release(lease.job_id, lease.token, None):
+                    logger.warning("job_id=%s waits: %s", lease.job_id, exc.code)
+            elif exc.status < 500 or record.attempts >= self._settings.max_attempts:
                 now = time.time()
-                if await self.store.finish(record.id, self.worker, JobStatus.FAILED, None,
+                if await self.store.finish(lease.job_id, lease.token, JobStatus.FAILED, None,
                                            error, now, now + self._settings.result_ttl_s):
                     self._metrics.jobs_finished.inc(tags={"status": "failed"})
-                    logger.warning("job_id=%s failed: %s", record.id, exc.code)
-            elif await self.store.release(record.id, self.worker, error):
+                    logger.warning("job_id=%s failed: %s", lease.job_id, exc.code)
+            elif await self.store.release(lease.job_id, lease.token, error):
                 logger.warning("job_id=%s attempt %d failed (%s); queued again",
-                               record.id, record.attempts, exc.code)
+                               lease.job_id, record.attempts, exc.code)
         except StoreUnavailable as store_exc:
             # The lease runs out and another replica tries again: nothing is lost.
-            logger.warning("job_id=%s: the store is unavailable (%s)", record.id, store_exc)
+            logger.warning("job_id=%s: the store is unavailable (%s)", lease.job_id, store_exc)
 
-    async def _keep_lease(self, job_id: str, runner: asyncio.Task | None) -> None:
+    async def _keep_lease(self, lease: "Lease", runner: asyncio.Task | None) -> None:
         interval = self._settings.lease_s / 3
+        delay = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             try:
-                held = await self.store.renew(job_id, self.worker, self._settings.lease_s,
-                                              time.time())
+                held = await self.store.renew(lease.job_id, lease.token,
+                                              self._settings.lease_s, time.time())
             except StoreUnavailable:
-                continue  # the lease may still hold; the next renewal tries again
-            if not held and runner is not None:
+                delay = min(1.0, interval)  # the lease may still hold: try again soon
+                continue
+            except Exception:  # noqa: BLE001 - a heartbeat must not die unseen
+                logger.exception("job_id=%s: renewing the lease failed", lease.job_id)
+                delay = min(1.0, interval)
+                continue
+            delay = interval
+            # A renewal refused just after the job's own finish is no loss of the lease.
+            if not held and not lease.finishing and runner is not None:
                 runner.cancel()
                 return
 
-    async def _execute(self, record: JobRecord) -> None:
-        data = await self.store.audio(record.id)
+    async def _execute(self, lease: "Lease") -> None:
+        record = lease.record
+        data = await self.store.audio(lease.job_id)
         if data is None:
             raise LeaseLost()  # cancelled between the claim and now
         options, speech = await self._validate(record.fields, record.task)
-        request_id = f"job-{record.id}"
         transcriber = self._transcriber
-        key = transcriber.key_for(data, options, speech, no_store=False)
+        transcriber.check_detector(speech)  # 503 (transient) while it is missing
+        # A 100 MB upload takes a while to hash: off the event loop.
+        key = await asyncio.to_thread(transcriber.key_for, data, options, speech, False)
         transcription = await transcriber.cached(key)
         if transcription is None:
             audio = await asyncio.to_thread(decode_audio, data,
@@ -233,49 +297,71 @@ class JobRunner:
             # their backlog is the job queue's, not the synchronous requests' wait.
             reservation = transcriber.admission.reserve(0.0, refusable=False)
             job = await transcriber.prepare_decoded(audio, reservation, options, speech,
-                                                    request_id, key, priority=Priority.JOB)
+                                                    f"job-{lease.job_id}", key,
+                                                    priority=Priority.JOB)
             try:
-                results = await self._results(record, job)
+                results = await self._results(lease, job)
                 transcription = transcriber.finish(job, results)
             finally:
                 reservation.release()
             self._metrics.audio_seconds_transcribed.inc(max(job.duration, 1e-9))
+        result = await asyncio.to_thread(codec.encode, transcription)
         # All of it done (a cache hit included, which never reported progress).
-        await self.store.progress(record.id, self.worker, transcription.duration,
-                                  transcription.duration)
-        now = time.time()
-        if not await self.store.finish(record.id, self.worker, JobStatus.COMPLETED,
-                                       codec.encode(transcription), None, now,
-                                       now + self._settings.result_ttl_s):
-            raise LeaseLost()
+        await self._progress(lease, transcription.duration, transcription.duration)
+        lease.finishing = True
+        for attempt in range(FINISH_TRIES):
+            try:
+                now = time.time()
+                if not await self.store.finish(lease.job_id, lease.token, JobStatus.COMPLETED,
+                                               result, None, now,
+                                               now + self._settings.result_ttl_s):
+                    raise LeaseLost()
+                return
+            except StoreUnavailable:
+                if attempt == FINISH_TRIES - 1:
+                    raise
+                await asyncio.sleep(2.0 ** attempt)  # the transcript is worth waiting for
 
-    async def _results(self, record: JobRecord, job) -> list[ChunkResult]:
-        saved = await self.store.chunks(record.id)
+    async def _progress(self, lease: "Lease", done_s: float, total_s: float) -> None:
+        """Best effort: a store hiccup costs a progress update, never the job."""
+        try:
+            await self.store.progress(lease.job_id, lease.token, done_s, total_s)
+        except StoreUnavailable:
+            pass
+
+    async def _results(self, lease: "Lease", job) -> list[ChunkResult]:
+        saved = await self.store.chunks(lease.job_id)
         known: dict[int, ChunkResult] = {}
         for index, chunk in enumerate(job.chunks):
             data = saved.get(chunk_name(chunk))
             result = codec.decode_chunk(data) if data is not None else None
             if result is not None:
                 known[index] = result
+        del saved
         if known:
-            logger.info("job_id=%s resumes with %d of %d chunks done", record.id, len(known),
-                        len(job.chunks))
+            logger.info("job_id=%s resumes with %d of %d chunks done", lease.job_id,
+                        len(known), len(job.chunks))
         resumed_prefix = next((i for i in range(len(job.chunks)) if i not in known),
                               len(job.chunks))
-        await self.store.progress(record.id, self.worker, self._done_s(job, resumed_prefix),
-                                  job.duration)
+        await self._progress(lease, self._done_s(job, resumed_prefix), job.duration)
         results: list[ChunkResult] = []
+        # No time budget: at the lowest priority a job waits as long as interactive traffic
+        # needs; its lease, not a deadline, says whether anyone still runs it.
         stream = self._transcriber.results_in_order(
-            job, known=known, max_in_flight=self._settings.max_chunks_in_flight)
+            job, known=known, max_in_flight=self._settings.max_chunks_in_flight,
+            no_deadline=True)
         async for result in stream:
             index = len(results)
             results.append(result)
-            if index not in known and not await self.store.save_chunk(
-                    record.id, self.worker, chunk_name(job.chunks[index]),
-                    codec.encode_chunk(result)):
-                raise LeaseLost()
-            await self.store.progress(record.id, self.worker, self._done_s(job, index + 1),
-                                      job.duration)
+            if index not in known:
+                try:
+                    if not await self.store.save_chunk(
+                            lease.job_id, lease.token, chunk_name(job.chunks[index]),
+                            codec.encode_chunk(result)):
+                        raise LeaseLost()
+                except StoreUnavailable:
+                    pass  # kept in memory: only a resumed run would miss it
+            await self._progress(lease, self._done_s(job, index + 1), job.duration)
         return results
 
     @staticmethod

@@ -116,8 +116,13 @@ class JobService:
             raise invalid_parameter("callback_url", "'callback_url' was given more than once.")
         if not urls or not urls[0]:
             return None
-        return callbacks.validate_callback_url(
-            str(urls[0]), self._settings, callbacks.load_secret(self._settings))
+        try:
+            secret = callbacks.load_secret(self._settings)
+        except ValueError as exc:
+            raise APIError(503, "callbacks_unavailable",
+                           f"Callbacks are misconfigured on the server: {exc}",
+                           headers={"Retry-After": "3600"}) from None
+        return callbacks.validate_callback_url(str(urls[0]), self._settings, secret)
 
     async def _checked_duration(self, data: bytes) -> float | None:
         """The audio's length from its header; audio without a readable header is decoded

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -39,6 +40,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_ke
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs(callback_state);
 CREATE TABLE IF NOT EXISTS job_audio (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS job_chunks (
     id TEXT NOT NULL, chunk TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (id, chunk));
@@ -55,6 +57,7 @@ class SqliteJobStore:
         self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                      isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()  # one connection, used from worker threads in turn
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-store")
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint
@@ -76,7 +79,7 @@ class SqliteJobStore:
                         raise
                     self._conn.execute("COMMIT")
                     return result
-                except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk
+                except sqlite3.Error as exc:  # locked past the busy timeout, disk, corrupt
                     # A failed COMMIT may leave the transaction open, holding the write lock
                     # for every replica on the node: end it.
                     if self._conn.in_transaction:
@@ -86,7 +89,9 @@ class SqliteJobStore:
                             pass
                     raise StoreUnavailable(f"SQLite: {exc}") from exc
 
-        return await asyncio.to_thread(locked)
+        # Its own thread, not the loop's default pool: lease renewals must not queue
+        # behind decoding and speech detection there.
+        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
     @staticmethod
     def _load(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -174,6 +179,13 @@ class SqliteJobStore:
         return await self._run(work, write=False)
 
     async def claim(self, worker: str, lease_s: float, now: float) -> JobRecord | None:
+        # Idle replicas ask every poll: a read first, so asking takes no write lock.
+        if not await self._run(lambda conn: conn.execute(
+                "SELECT 1 FROM jobs WHERE status = 'queued' "
+                "OR (status = 'running' AND lease_until < ?) LIMIT 1", (now,)).fetchone(),
+                write=False):
+            return None
+
         def work(conn: sqlite3.Connection) -> JobRecord | None:
             row = conn.execute(
                 "SELECT record FROM jobs WHERE status = 'queued' "
@@ -293,6 +305,12 @@ class SqliteJobStore:
 
     async def claim_callback(self, worker: str, lease_s: float,
                              now: float) -> JobRecord | None:
+        if not await self._run(lambda conn: conn.execute(
+                "SELECT 1 FROM jobs WHERE callback_state = 'pending' "
+                "AND (callback_lease_until IS NULL OR callback_lease_until < ?) LIMIT 1",
+                (now,)).fetchone(), write=False):
+            return None
+
         def work(conn: sqlite3.Connection) -> JobRecord | None:
             row = conn.execute(
                 "SELECT record FROM jobs WHERE callback_state = 'pending' "
@@ -349,3 +367,4 @@ class SqliteJobStore:
     async def close(self) -> None:
         with self._lock:
             self._conn.close()
+        self._executor.shutdown(wait=False)
