@@ -368,6 +368,30 @@ class Engine:
         )
 
 
+def deploy(config: dict) -> None:
+    """Deploy a Serve config (the YAML's shape) to the Ray instance this process started."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.config import HTTPOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=HTTPOptions(**config["http_options"]).model_dump())
+    client.deploy_apps(schema, _blocking=False)
+
+
+def stop_private_ray(temp_dir: str | None) -> None:
+    """Serve and the Ray instance this process started, and its temporary folder."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 class LocalService:
     """configs/local.yaml (or another local config) on a fresh local Ray instance; a
     context manager."""
@@ -419,7 +443,7 @@ class LocalService:
         try:
             self._config = local_config(self.http_port, model_path, self.user_config,
                                         self.config_path, self.autoscaling)
-            self._deploy(self._config)
+            deploy(self._config)
             self.wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
@@ -427,25 +451,8 @@ class LocalService:
         return self
 
     def __exit__(self, *exc) -> None:
-        import ray
-        from ray import serve
+        stop_private_ray(self._temp_dir)
 
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            if self._temp_dir:
-                shutil.rmtree(self._temp_dir, ignore_errors=True)
-
-    @staticmethod
-    def _deploy(config: dict) -> None:
-        from ray.serve._private.api import serve_start
-        from ray.serve.config import HTTPOptions
-        from ray.serve.schema import ServeDeploySchema
-
-        schema = ServeDeploySchema.model_validate(config)
-        client = serve_start(http_options=HTTPOptions(**config["http_options"]).model_dump())
-        client.deploy_apps(schema, _blocking=False)
 
     def _model_deployment(self) -> dict:
         assert self._config is not None
@@ -488,7 +495,7 @@ class LocalService:
         config = copy.deepcopy(self._config)
         model = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ASRModel")
         model["user_config"] = {**model["user_config"], **user_config}
-        self._deploy(config)
+        deploy(config)
         self._config = config
 
         def applied() -> dict | None:

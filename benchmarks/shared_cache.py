@@ -46,6 +46,8 @@ import httpx
 import numpy as np
 
 from benchmarks.common import (
+    deploy,
+    stop_private_ray,
     TRANSCRIBE_PATH,
     demo_model,
     fmt,
@@ -186,7 +188,7 @@ class Service:
         try:
             jobs_dir = Path(self._temp_dir) / "jobs"
             jobs_dir.mkdir()
-            self._deploy(applications(self.http_port, model_path, self.redis_url, jobs_dir))
+            deploy(applications(self.http_port, model_path, self.redis_url, jobs_dir))
             for name, _, _ in SETUPS:
                 wait_until(lambda n=name: self.readyz(n), READY_DEADLINE_S, interval_s=2.0,
                            what=f"{name} to be ready")
@@ -196,25 +198,8 @@ class Service:
         return self
 
     def __exit__(self, *exc) -> None:
-        import ray
-        from ray import serve
+        stop_private_ray(self._temp_dir)
 
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            if self._temp_dir:
-                shutil.rmtree(self._temp_dir, ignore_errors=True)
-
-    @staticmethod
-    def _deploy(config: dict) -> None:
-        from ray.serve._private.api import serve_start
-        from ray.serve.config import HTTPOptions
-        from ray.serve.schema import ServeDeploySchema
-
-        schema = ServeDeploySchema.model_validate(config)
-        client = serve_start(http_options=HTTPOptions(**config["http_options"]).model_dump())
-        client.deploy_apps(schema, _blocking=False)
 
     def readyz(self, name: str) -> dict | None:
         response = httpx.get(f"{self.app_url(name)}/readyz", timeout=30)

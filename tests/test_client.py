@@ -135,6 +135,24 @@ def test_client_imports_no_server_stack() -> None:
 # ---- retries, against a scripted stub ----------------------------------------------------
 
 
+def serve_in_background(
+        handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A scripted HTTP server on a free loopback port, in a daemon thread; and its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str],
+          payload: bytes) -> None:
+    handler.send_response(status)
+    for name, value in {**headers, "Content-Length": str(len(payload))}.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 class Stub:
     """An HTTP server that answers POSTs from a script of (status, headers, body)."""
 
@@ -149,21 +167,12 @@ class Stub:
                 stub.requests.append({"headers": dict(self.headers), "body": body})
                 # The last entry answers every request after the script runs out.
                 entry = stub.script.pop(0) if len(stub.script) > 1 else stub.script[0]
-                status, headers, payload = entry
-                self.send_response(status)
-                for name, value in {**headers, "Content-Length": str(len(payload))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
+                reply(self, *entry)
 
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self.server, self.url = serve_in_background(Handler)
 
 
 @pytest.fixture
@@ -282,20 +291,12 @@ class JobsStub:
                     self.answer(*stub.delete(self.path))
 
             def answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
-                self.send_response(status)
-                for name, value in {**headers, "Content-Length": str(len(payload))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
+                reply(self, status, headers, payload)
 
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self.server, self.url = serve_in_background(Handler)
 
     # -- the API --
 

@@ -316,9 +316,10 @@ def test_a_turn_longer_than_the_window_is_split_at_pauses(service: str, client: 
             "input": {"transcription": {"language": "en"},
                       "turn_detection": {"type": "server_vad", "silence_duration_ms": 2000}}}}})
         live.until_type("session.updated")
-        for second in range(0, audio.size, 16_000):  # 4x real time: partials keep up
+        # Twice real time: partials keep up on a busy 2-core machine too.
+        for second in range(0, audio.size, 16_000):
             live.append(audio[second : second + 16_000])
-            time.sleep(0.25)
+            time.sleep(0.5)
         completed = live.until_type("conversation.item.input_audio_transcription.completed")
     assert len(live.of_type("input_audio_buffer.committed")) == 1
     live_wer = word_error_rate([fixture.text], [completed["transcript"]])

@@ -149,7 +149,7 @@ def test_a_job_survives_a_restart_of_the_whole_service(
     audio = np.concatenate([np.tile(long.audio, 5), np.zeros(16_000, np.float32)])
     jobs_url = f"{base_url}/v1/audio/transcriptions/jobs"
 
-    first = Head("restart-1")
+    first = Head("r1")  # short: HAProxy socket paths
     try:
         first.wait_up()
         first.deploy(config)
@@ -169,7 +169,7 @@ def test_a_job_survives_a_restart_of_the_whole_service(
         first.stop()  # every process of the cluster: nothing of it outlives this
     stopped_at = time.time()
 
-    second = Head("restart-2")
+    second = Head("r2")
     try:
         second.wait_up()
         second.deploy(config)
