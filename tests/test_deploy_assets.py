@@ -276,10 +276,11 @@ EXPECTED_ALERTS = {
     "ASRQueueSaturation",
     "ASRReplicasUnhealthy",
     "ASRNoReadyModelReplica",
+    "ASRJobsWaiting",
 }
 
 
-def test_alerts_are_the_five_expected_and_complete() -> None:
+def test_alerts_are_the_expected_ones_and_complete() -> None:
     rules = alert_rules()
     assert {rule["alert"] for rule in rules} == EXPECTED_ALERTS
     for rule in rules:
