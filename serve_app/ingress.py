@@ -208,7 +208,8 @@ class ASRIngress:
                 logger.error("jobs: the store could not be opened (%s)", self._jobs_error)
             else:
                 runner = JobRunner(store, self._transcriber, self._args, self.metrics,
-                                   self._job_options, replica_id)
+                                   self._job_options, replica_id,
+                                   lambda: ingress_replicas.state_of(replica_id))
                 self.jobs = JobService(self._args, store, runner, self._job_options)
                 runner.start()  # Serve runs the constructor on the replica's event loop
         api.state.ingress = self  # the middleware runs outside the route's instance

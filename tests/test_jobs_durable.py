@@ -114,3 +114,67 @@ def test_a_job_survives_the_loss_of_the_replicas_running_it(shared: str) -> None
         # words depend on its batch mates, so its text is not compared.)
         assert result["duration"] == pytest.approx(reference["duration"], abs=0.05)
         assert result["segments"][-1]["end"] > reference["duration"] - 10
+
+
+def test_a_redeploy_gives_running_jobs_back_without_using_an_attempt(
+        shared: str, service_urls: dict, demo_model_path, tiny_glm_path) -> None:
+    """`serve deploy` replacing the ingress replicas mid-job: the stopping replica gives
+    the job back at once (Serve's graceful shutdown calls its __del__), a new one resumes
+    it, and the attempt does not count (a lost lease would have made it attempt 2)."""
+    from tests.conftest import deploy, local_config, other_apps
+
+    import redis
+
+    from tests.conftest import session_redis
+
+    store = redis.Redis.from_url(session_redis().url)
+    holders: set[str] = set()
+
+    def note_holder(job_id: str) -> None:
+        """The process holding the job's lease (the store's own record of it): the part of
+        the claim's token before its per-claim suffix."""
+        token = store.hget(f"asr:shared:jobs:job:{job_id}", "worker")
+        if token:
+            holders.add(token.decode().split("/")[0])
+
+    with httpx.Client(base_url=shared, timeout=120) as http:
+        # 30 minutes of speech, one chunk at a time: far longer than replacing the replicas.
+        job_id = http.post(JOBS, files={"file": ("long.flac", long_wav(30, 2))}).json()["id"]
+
+        def mid_way() -> bool:
+            status = http.get(f"{JOBS}/{job_id}").json()
+            assert status["status"] in ("queued", "running"), status
+            note_holder(job_id)
+            return status["status"] == "running" and saved_chunks(job_id) >= 2
+
+        wait_until(mid_way, READY_DEADLINE_S, interval_s=0.1, what="the job to be mid-way")
+        before = set(ingress_actor_names("shared"))
+
+        # The same applications, the shared app's ingress with another CPU reservation:
+        # Serve replaces its replicas.
+        port = int(service_urls["whisper"].rsplit(":", 1)[1])
+        config = local_config(demo_model_path, port)
+        apps = other_apps(tiny_glm_path)
+        for app in apps:
+            for deployment in app["deployments"]:
+                if app["name"] == "shared" and deployment["name"] == "ASRIngress":
+                    deployment["ray_actor_options"] = {"num_cpus": 0.04}
+        config["applications"] += apps
+        deploy(config)
+
+        ended: dict = {}
+
+        def job_ended() -> bool:
+            note_holder(job_id)
+            try:
+                ended.update(http.get(f"{JOBS}/{job_id}", timeout=10).json())
+            except httpx.HTTPError:
+                return False
+            return ended.get("status") in ("completed", "failed", "cancelled")
+
+        wait_until(job_ended, READY_DEADLINE_S, interval_s=0.2, what="the job to end")
+        assert ended["status"] == "completed", ended
+        assert len(holders) >= 2, holders  # resumed by a new replica, not finished by the old
+        assert ended["attempts"] == 1, ended  # given back, not lost
+        wait_until(lambda: not before & set(ingress_actor_names("shared")), READY_DEADLINE_S,
+                   what="the old ingress replicas to be gone")

@@ -47,6 +47,7 @@ CALLBACK_MAX_DELAY_S = 300.0  # the longest wait between two deliveries of one c
 # waits in the queue without using an attempt, and the replica claims nothing this long.
 TRANSIENT_STATUSES = frozenset({503, 504})
 TRANSIENT_PAUSE_S = 10.0
+DRAIN_POLL_S = 2.0  # how often a replica running jobs asks whether it is being stopped
 FINISH_TRIES = 4  # a finished transcript is kept through a few seconds of store trouble
 
 
@@ -75,7 +76,8 @@ def chunk_name(chunk: Chunk) -> str:
 
 class JobRunner:
     def __init__(self, store: JobStore, transcriber: Transcriber, args: AppArgs,
-                 metrics: IngressMetrics, validate: Validate, replica_id: str) -> None:
+                 metrics: IngressMetrics, validate: Validate, replica_id: str,
+                 replica_state: Callable[[], Awaitable[str | None]] | None = None) -> None:
         self.store = store
         self._transcriber = transcriber
         self._args = args
@@ -87,6 +89,12 @@ class JobRunner:
         self._running: dict[str, asyncio.Task] = {}
         self._leases: dict[str, Lease] = {}
         self._pause_claims_until = 0.0
+        # Serve drains a replica (a redeploy, a scale-down) without telling it: while it runs
+        # jobs it asks the controller, and once it is stopping gives them back at once
+        # instead of finishing them through the drain.
+        self._replica_state = replica_state
+        self._next_state_check = 0.0
+        self.draining = False
         self._callbacks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -136,7 +144,11 @@ class JobRunner:
         if now >= self._next_stats:
             self._next_stats = now + STATS_EVERY_S
             await self.refresh_gauges()
+        if self._running and not self.draining and time.monotonic() >= self._next_state_check:
+            self._next_state_check = time.monotonic() + DRAIN_POLL_S
+            await self._check_draining()
         while (len(self._running) < self._settings.concurrency
+               and not self.draining
                and time.monotonic() >= self._pause_claims_until
                and self._transcriber.detector_ready):
             # A token per claim: a replica that takes up its own job again (its lease ran
@@ -162,11 +174,26 @@ class JobRunner:
         self._metrics.jobs_backlog_audio.set(stats.backlog_audio_s)
         self.backlog_audio_s = stats.backlog_audio_s
 
+    async def _check_draining(self) -> None:
+        try:
+            state = await self._replica_state() if self._replica_state else None
+        except Exception:  # noqa: BLE001 - unknown: ask again next time
+            return
+        if state in ("STOPPING", "PENDING_MIGRATION"):
+            self.draining = True
+            logger.info("jobs: replica draining; giving %d running jobs back",
+                        len(self._running))
+            await self._give_back_all()
+
     async def stop(self) -> None:
         """The replica is going away: give its running jobs back to the queue now, so
         another replica resumes them without waiting for their leases to run out."""
+        self.draining = True
         if self._loop_task is not None:
             self._loop_task.cancel()
+        await self._give_back_all()
+
+    async def _give_back_all(self) -> None:
         held = [(job_id, self._leases.get(job_id)) for job_id in self._running]
         for task in list(self._running.values()):
             task.cancel()
