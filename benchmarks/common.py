@@ -379,6 +379,32 @@ def deploy(config: dict) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
+def start_private_ray(prefix: str, dashboard: bool = False,
+                      metrics_port: int | None = None) -> tuple[str, object]:
+    """A fresh local Ray instance on free ports, with HAProxy's environment, in a short
+    temporary folder of its own (Ray's and HAProxy's socket paths must stay short):
+    (the folder, Ray's context)."""
+    import ray
+
+    from serve_app.proxy_hooks import private_haproxy_env, proxy_env
+
+    temp_dir = tempfile.mkdtemp(prefix=prefix)
+    os.environ.update(proxy_env())  # Ray's processes inherit the driver's environment
+    os.environ.update(private_haproxy_env(Path(temp_dir), free_port))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    context = ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=dashboard,
+        **({"dashboard_port": free_port()} if dashboard else {}),
+        _metrics_export_port=metrics_port or free_port(),
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        log_to_driver=False,
+    )
+    return temp_dir, context
+
+
 def stop_private_ray(temp_dir: str | None) -> None:
     """Serve and the Ray instance this process started, and its temporary folder."""
     import ray
@@ -418,26 +444,9 @@ class LocalService:
         self._config: dict | None = None
 
     def __enter__(self) -> "LocalService":
-        import ray
-
-        from serve_app.proxy_hooks import private_haproxy_env, proxy_env
-
         model_path = demo_model()
-        # A short path of our own: Ray's socket paths must stay under ~107 characters.
-        self._temp_dir = tempfile.mkdtemp(prefix="asr-bench-")
-        os.environ.update(proxy_env())  # Ray's processes inherit the driver's environment
-        os.environ.update(private_haproxy_env(Path(self._temp_dir), free_port))
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        context = ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=True,  # the state API (list_actors) finds the replicas' PIDs
-            dashboard_port=free_port(),
-            _metrics_export_port=free_port(),
-            _temp_dir=self._temp_dir,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-            log_to_driver=False,
-        )
+        # The state API (list_actors) finds the replicas' PIDs through the dashboard.
+        self._temp_dir, context = start_private_ray("asr-bench-", dashboard=True)
         # Our own dashboard: other local Ray instances may be running beside this one.
         self.dashboard_url = f"http://{context.dashboard_url}"
         try:

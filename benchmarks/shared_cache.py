@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import random
 import re
 import shutil
@@ -47,6 +46,7 @@ import numpy as np
 
 from benchmarks.common import (
     deploy,
+    start_private_ray,
     stop_private_ray,
     TRANSCRIBE_PATH,
     demo_model,
@@ -166,25 +166,8 @@ class Service:
         return f"{self.url}/{name}"
 
     def __enter__(self) -> "Service":
-        import ray
-
-        from serve_app.proxy_hooks import private_haproxy_env, proxy_env
-
         model_path = demo_model()
-        # A short path of our own: Ray's and HAProxy's socket paths must stay short.
-        self._temp_dir = tempfile.mkdtemp(prefix="asr-sc-")
-        os.environ.update(proxy_env())  # Ray's processes inherit the driver's environment
-        os.environ.update(private_haproxy_env(Path(self._temp_dir), free_port))
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            _metrics_export_port=self.metrics_port,
-            _temp_dir=self._temp_dir,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-            log_to_driver=False,
-        )
+        self._temp_dir, _ = start_private_ray("asr-sc-", metrics_port=self.metrics_port)
         try:
             jobs_dir = Path(self._temp_dir) / "jobs"
             jobs_dir.mkdir()
