@@ -12,10 +12,15 @@ from serve_app.transcript import Segment, Transcription, Word
 FORMAT_VERSION = 1  # bumped when the stored shape changes; older entries read as misses
 
 
-def encode(transcription: Transcription) -> bytes:
-    body = asdict(transcription)
+def _dump(value) -> bytes:
+    """A dataclass as compact JSON, stamped with the format version."""
+    body = asdict(value)
     body["v"] = FORMAT_VERSION
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode(transcription: Transcription) -> bytes:
+    return _dump(transcription)
 
 
 def decode(data: bytes) -> Transcription | None:
@@ -36,9 +41,7 @@ def decode(data: bytes) -> Transcription | None:
 
 def encode_chunk(result: ChunkResult) -> bytes:
     """A finished chunk of a job, kept so a run taken over resumes after it."""
-    body = asdict(result)
-    body["v"] = FORMAT_VERSION
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return _dump(result)
 
 
 def decode_chunk(data: bytes) -> ChunkResult | None:
