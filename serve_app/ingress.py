@@ -161,13 +161,17 @@ def _sse(event: dict) -> str:
     return f"data: {json.dumps(event)}\n\n"
 
 
+# A job's fields that shape how its result is rendered, not what is transcribed.
+RESULT_FIELDS = frozenset({"response_format", "timestamp_granularities[]",
+                           "timestamp_granularities"})
+
+
 def _transcription_fields(fields: list) -> list:
     """A job's fields as the transcription validates them: the response format is the
     result's business (any format, asked when fetched), so it is not checked against the
     words here."""
     return [(k, v) for k, v in fields
-            if k not in ("response_format", "timestamp_granularities[]",
-                         "timestamp_granularities", "stream")]
+            if k not in RESULT_FIELDS and k != "stream"]
 
 
 def _no_store(request: Request) -> bool:
@@ -524,8 +528,7 @@ class ASRIngress:
         record = await jobs.get(job_id, owner)
         # The job's own response_format unless the query names another.
         submitted = [(k, v) for k, v in record.fields
-                     if k in ("response_format", "timestamp_granularities[]",
-                              "timestamp_granularities")]
+                     if k in RESULT_FIELDS]
         query = list(request.query_params.multi_items())
         asked = {k.removesuffix("[]") for k, _ in query}
         items = [(k, v) for k, v in submitted if k.removesuffix("[]") not in asked] + query
