@@ -349,7 +349,8 @@ class ASRIngress:
         settings = self._args.model
         beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
         decoder = LiveDecoder(self._transcriber, self._model, self.speech, self._args,
-                              self.metrics, request_id)
+                              self.metrics, request_id,
+                              times_words=not info.get("word_timestamps_unavailable"))
 
         def make_session(send) -> RealtimeSession:
             return RealtimeSession(
