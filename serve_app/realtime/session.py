@@ -69,8 +69,12 @@ TRIM_AFTER_S = 8.0
 TRIM_CONTEXT_S = 1.0
 MIN_TRIM_S = 1.0
 # A decode starts as soon as the speaker has paused this long (~130 ms), and counts as
-# the turn's final decode when it reaches this far past the end of speech (~64 ms).
+# the turn's final decode when it reaches this far past the end of speech (~64 ms). With
+# a closing pause longer than PAUSE_DECODE_LEAD_MS + 130 ms, it starts that long before
+# the pause would end the turn instead: pauses inside a long-pause speaker's turn are
+# many, and each decode of the whole turn costs the lane seconds.
 PAUSE_DECODE_WINDOWS = 4
+PAUSE_DECODE_LEAD_MS = 500
 END_MARGIN_WINDOWS = 2
 # Turns committed and not yet transcribed, per session, before the reader waits.
 MAX_PENDING_TURNS = 3
@@ -609,10 +613,16 @@ class RealtimeSession:
             self._partial = task
 
     def _in_pause(self, turn: OpenTurn) -> bool:
-        """The speaker has paused (the last ~130 ms are below the detector's threshold)."""
-        recent = turn.probabilities[-PAUSE_DECODE_WINDOWS:]
-        quiet = self.config.vad.threshold - 0.15 if self.config.vad else 0.35
-        return len(recent) == PAUSE_DECODE_WINDOWS and max(recent) < quiet
+        """The speaker has paused: the last ~130 ms are below the detector's threshold, or
+        with a long closing pause, all but its last PAUSE_DECODE_LEAD_MS."""
+        vad = self.config.vad
+        windows = PAUSE_DECODE_WINDOWS
+        if vad is not None:
+            lead_windows = samples_at(vad.silence_duration_ms - PAUSE_DECODE_LEAD_MS) // WINDOW
+            windows = max(windows, lead_windows)
+        recent = turn.probabilities[-windows:]
+        quiet = vad.threshold - 0.15 if vad else 0.35
+        return len(recent) == windows and max(recent) < quiet
 
     async def _decode_partial(self, turn: OpenTurn, start: int, end: int,
                               urgent: bool = False) -> None:
