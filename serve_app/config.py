@@ -379,10 +379,8 @@ class RealtimeSettings(_Strict):
     )
     seal_after_s: float = Field(
         25.0, ge=5, le=30,
-        description="The longest turn whose pause decodes cover all of it (the likely final "
-        "transcript), and of the stretch re-decoded for deltas where no confirmed words are "
-        "timed (as for GLM-ASR): past it the part up to its deepest recent pause is decoded "
-        "once and set aside, as files are split.",
+        description="A turn's part that is still decoded whole; past this the part up to "
+        "its deepest recent pause is decoded once and set aside, as files are split.",
     )
     drain_grace_s: float = Field(
         10.0, ge=0, le=600,

@@ -349,8 +349,7 @@ class ASRIngress:
         settings = self._args.model
         beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
         decoder = LiveDecoder(self._transcriber, self._model, self.speech, self._args,
-                              self.metrics, request_id,
-                              times_words=not info.get("word_timestamps_unavailable"))
+                              self.metrics, request_id)
 
         def make_session(send) -> RealtimeSession:
             return RealtimeSession(

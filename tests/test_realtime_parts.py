@@ -13,7 +13,7 @@ import pytest
 from serve_app.priority import Priority, PriorityGate
 from serve_app.realtime.audio_input import AudioInput
 from serve_app.realtime.events import CLIENT_EVENTS, RealtimeError, validation_error
-from serve_app.realtime.partials import StableText, unit_times, units
+from serve_app.realtime.partials import StableText, units
 
 
 # ---- priority gate ---------------------------------------------------------------------
@@ -135,34 +135,6 @@ def test_text_without_spaces_is_confirmed_character_by_character() -> None:
     stable.update("今天天")
     assert stable.update("今天天气很") == "今天天"
     assert stable.update("今天天气很好") == "气很"
-
-
-def test_each_unit_gets_the_times_of_the_words_it_overlaps() -> None:
-    words = ((" Hello", 0.0, 0.4), (",", 0.4, 0.45), (" world", 0.5, 0.9), (".", 0.9, 0.95))
-    assert unit_times("Hello, world.", words) == [(0.0, 0.45), (0.5, 0.95)]
-    assert unit_times("今天", (("今天", 1.0, 1.6),)) == [(1.0, 1.6), (1.0, 1.6)]
-    # Words that spell another text time nothing.
-    assert unit_times("Hello there.", words) is None
-
-
-def test_the_decoded_stretch_moves_on_past_confirmed_words_without_losing_any() -> None:
-    stable = StableText()
-    stable.update("The quick brown fox jumps")
-    decode = "The quick brown fox jumps over"
-    assert stable.update(decode) == "The quick brown fox jumps"
-    # The next decodes start after "The quick": its units go out of the stretch; "brown
-    # fox jumps", sent, are expected again at the start of the next decode.
-    assert stable.drop_front(decode, 2) == ["The", " quick"]
-    assert stable.sent == [" brown", " fox", " jumps"]
-    # The last decode's remaining units are the reference: one more decode confirms.
-    assert stable.update("brown fox jumps over the") == " over"
-    assert stable.finish("brown fox jumps over the lazy dog.") == " the lazy dog."
-    # Cut inside the unsent part it cannot: only sent units are dropped.
-    stable = StableText()
-    stable.update("one two three")
-    stable.update("one two three four")
-    assert stable.drop_front("one two three four", 2) == ["one", " two"]
-    assert stable.sent == [" three"]
 
 
 # ---- input formats ---------------------------------------------------------------------

@@ -8,9 +8,7 @@ turn as `Priority.LIVE_PARTIAL` behind them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import NamedTuple
 
 import numpy as np
 
@@ -31,12 +29,6 @@ from serve_app.transcriber import Transcriber
 logger = logging.getLogger("ray.serve")
 
 
-class PartialText(NamedTuple):
-    text: str = ""
-    # (word, start, end), seconds from the start of the decoded audio; None when untimed.
-    words: tuple[tuple[str, float, float], ...] | None = None
-
-
 class LiveDecoder:
     def __init__(
         self,
@@ -46,11 +38,7 @@ class LiveDecoder:
         args: AppArgs,
         metrics: IngressMetrics,
         request_id: str,
-        times_words: bool = False,
     ) -> None:
-        # Whether the model times its words: the growing turn's decodes then ask for the
-        # times, and each starts after the text already confirmed (partials.unit_times).
-        self.times_words = times_words
         self._transcriber = transcriber
         self._model = model
         self._detector = detector
@@ -69,15 +57,13 @@ class LiveDecoder:
         return DecodeOptions(language=language, prompt=prompt)
 
     async def partial(self, audio: np.ndarray, options: DecodeOptions, item_id: str,
-                      urgent: bool = False, timed: bool = False) -> PartialText:
+                      urgent: bool = False) -> str:
         """The growing turn decoded once, in one chunk (best effort: a failure sends no
         delta, and the final decode reports it). `urgent`: the speaker has paused, and
-        this decode may be the turn's final one. `timed`: with its words' times."""
+        this decode may be the turn's final one."""
         priority = Priority.LIVE if urgent else Priority.LIVE_PARTIAL
         if audio.size < SAMPLE_RATE // 10:
-            return PartialText()
-        if timed and self.times_words:
-            options = dataclasses.replace(options, word_timestamps=True)
+            return ""
         audio = apply_gain(audio, model_gain(audio))  # quiet speakers, as files' chunks
         self._metrics.model_chunks.inc()
         try:
@@ -89,10 +75,8 @@ class LiveDecoder:
         except Exception as exc:  # noqa: BLE001 - the turn's final decode reports failures
             logger.warning("request_id=%s/%s partial decode failed: %r",
                            self._request_id, item_id, exc)
-            return PartialText()
-        if result.error:
-            return PartialText()
-        return PartialText(result.text.strip(), result.words)
+            return ""
+        return "" if result.error else result.text.strip()
 
     async def final(self, audio: np.ndarray, options: DecodeOptions, item_id: str) -> str:
         """The whole turn through the file pipeline (speech found, split at pauses past the

@@ -10,12 +10,6 @@ Units are compared without case and punctuation (a later decode often adds a com
 a decode words the sent part differently ("high" heard again as "I'm"), what was sent is
 aligned to it and the delta goes on after the aligned part, so the deltas keep following
 the speech instead of stopping at the first disagreement.
-
-Where the model times its words, the decoded stretch is trimmed as its text is confirmed
-(`StableText.drop_front`, `unit_times`): each decode covers the unconfirmed words and about
-a second of confirmed ones before them, not the whole turn, so it stays short and quick
-however long the speaker goes on (the LocalAgreement policy of Macháček et al.,
-"Turning Whisper into Real-Time Transcription System", 2023).
 """
 
 from __future__ import annotations
@@ -70,10 +64,6 @@ class StableText:
     def sent_text(self) -> str:
         return "".join(self.sent)
 
-    def sent_end(self, text: str) -> int:
-        """How many of a decode's units the text already sent stands for."""
-        return self._after_sent([_key(u) for u in units(text)])
-
     def update(self, text: str) -> str:
         """The delta a new decode allows ("" when nothing new is confirmed)."""
         current = units(text)
@@ -89,19 +79,6 @@ class StableText:
         """What the final decode adds after the part already sent."""
         final = units(text)
         return self._send(final[self._after_sent([_key(u) for u in final]):])
-
-    def drop_front(self, text: str, count: int) -> list[str]:
-        """Forget the first `count` units of the latest decode, `text` (all of them already
-        sent): the decoded stretch now starts after them. Returns the sent units they stand
-        for; the sent units after them stay, to be found again at the start of the next
-        decode, and the latest decode's remaining units are what the next one is checked
-        against."""
-        keys = [_key(u) for u in units(text)]
-        carried = min(max(self._after_sent(keys) - count, 0), len(self.sent))
-        dropped = self.sent[: len(self.sent) - carried]
-        self.sent = self.sent[len(self.sent) - carried:]
-        self._previous = keys[count:]
-        return dropped
 
     def _after_sent(self, keys: list[str]) -> int:
         """Where, in a decode's units, the text already sent ends."""
@@ -132,23 +109,3 @@ class StableText:
         self.sent.extend(new)
         return delta
 
-
-def unit_times(text: str, words: tuple[tuple[str, float, float], ...]) -> list[tuple[float, float]] | None:
-    """Each unit of `text` with the start and end of the timed words it overlaps (a unit
-    and a word may split differently around punctuation), or None when the words do not
-    spell the text."""
-    joined = "".join(word for word, _, _ in words)
-    if [_key(u) for u in units(joined)] != [_key(u) for u in units(text)]:
-        return None
-    spans, offset = [], 0
-    for word, start, end in words:
-        spans.append((offset, offset + len(word), float(start), float(end)))
-        offset += len(word)
-    times = []
-    for match in _UNIT.finditer(joined):
-        lo, hi = match.start() + len(match.group()) - len(match.group().lstrip()), match.end()
-        overlapping = [(s, e) for a, b, s, e in spans if a < hi and b > lo]
-        if not overlapping:
-            return None
-        times.append((min(s for s, _ in overlapping), max(e for _, e in overlapping)))
-    return times

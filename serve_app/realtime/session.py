@@ -41,7 +41,7 @@ from serve_app.realtime.events import (
     server_event,
     validation_error,
 )
-from serve_app.realtime.partials import StableText, unit_times, units
+from serve_app.realtime.partials import StableText, units
 from serve_app.speech.silero import WINDOW
 from serve_app.speech.turns import TurnDetector
 
@@ -59,15 +59,6 @@ SEMANTIC_PAUSE_MS = {"high": 400, "auto": 700, "medium": 700, "low": 1200}
 SEAL_SEARCH_FROM_S = 5.0
 SEAL_MAX_S = 29.0
 SMOOTH_WINDOWS = 9  # ~0.3 s
-# Where words are timed, a segment this long is trimmed: its next re-decodes start at most
-# TRIM_CONTEXT_S before the first word not yet sent (at a word's end; confirmed words give
-# the model context), once that moves it on at least MIN_TRIM_S. Shorter segments are
-# decoded whole: on 2 cores a decode of a few seconds costs nearly as much as one of 8 s,
-# and the word timing pass and the model's shakier first words after a cut cost more
-# than they save (docs/performance.md); past 8 s each decode takes longer than 1 s there.
-TRIM_AFTER_S = 8.0
-TRIM_CONTEXT_S = 1.0
-MIN_TRIM_S = 1.0
 # A decode starts as soon as the speaker has paused this long (~130 ms), and counts as
 # the turn's final decode when it reaches this far past the end of speech (~64 ms). With
 # a closing pause longer than PAUSE_DECODE_LEAD_MS + 130 ms, it starts that long before
@@ -114,23 +105,17 @@ class OpenTurn:
 
     item_id: str
     start: int  # session sample where the turn's audio starts (prefix padding included)
-    # Start of the stretch the growing turn's decodes cover: moved on as text is confirmed
-    # (where words are timed) or when a long turn is sealed. Units before it were sent.
-    segment_start: int
+    segment_start: int  # start of the part still decoded whole (long turns are sealed)
     stable: StableText = field(default_factory=StableText)
-    sent_before_segment: list[str] = field(default_factory=list)
-    decoded_to: int = 0  # session sample the last re-decode of the segment reached
-    applied_to: int = 0  # ... and the newest decode whose text went into `stable`
-    # The text of a decode of the whole turn up to a sample: when it reaches past the end
-    # of speech it is the turn's final transcript. `whole_to` and `whole_task`: the latest
-    # such decode started.
+    sent_before_segment: list[str] = field(default_factory=list)  # sealed parts' units
+    decoded_to: int = 0  # session sample the last partial decode reached
+    # The text of a decode of the whole turn up to a sample (None once sealed or before
+    # any): when it reaches past the end of speech it is the turn's final transcript.
     decoded: tuple[int, str] | None = None
-    whole_to: int = 0
-    whole_task: asyncio.Task | None = None
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
     started_at: float = field(default_factory=time.monotonic)
-    last_decode_s: float = 0.0  # how long the last re-decode took, end to end
+    last_decode_s: float = 0.0  # how long the last partial decode took, end to end
     urgent_started: bool = False  # a pause's decode runs beside a regular one
     first_delta_sent: bool = False
 
@@ -168,8 +153,7 @@ class RealtimeSession:
         self._next_item_id = new_id("item")
         self._previous_item_id: str | None = None
         self._turn: OpenTurn | None = None
-        self._partial: asyncio.Task | None = None  # the re-decode of the growing turn
-        self._urgent: asyncio.Task | None = None  # the decode started in a pause
+        self._partial: asyncio.Task | None = None
         self._last_final: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._finals: collections.deque[asyncio.Task] = collections.deque()
@@ -369,13 +353,8 @@ class RealtimeSession:
         if self._turn is not None:  # dropped (a clear): its announced item id is not reused
             self._next_item_id = new_id("item")
         self._turn = None
-        self._cancel_decodes()
-
-    def _cancel_decodes(self, keep: asyncio.Future | None = None) -> None:
-        for task in (self._partial, self._urgent):
-            if task is not None and task is not keep:
-                task.cancel()
-        self._partial = self._urgent = None
+        if self._partial is not None:
+            self._partial.cancel()
 
     def _describe(self) -> dict:
         config = self.config
@@ -494,11 +473,14 @@ class RealtimeSession:
         soon as it does, not one more decode after the pause."""
         turn = self._turn if self._turn is not None and self._turn.item_id == item_id else None
         self._turn = None
-        covering: asyncio.Future | None = None
-        if (turn is not None and speech_end is not None
-                and turn.whole_to >= speech_end + END_MARGIN_WINDOWS * WINDOW):
-            covering = turn.whole_task if turn.whole_task is not None else _done_task()
-        self._cancel_decodes(keep=covering)
+        covering: asyncio.Task | None = None
+        if (turn is not None and speech_end is not None and turn.segment_start == turn.start
+                and turn.decoded_to >= speech_end + END_MARGIN_WINDOWS * WINDOW):
+            covering = self._partial if self._partial is not None else _done_task()
+            self._partial = None
+        if self._partial is not None:
+            self._partial.cancel()
+            self._partial = None
         audio = self._audio.slice(start, end)
         self._audio.drop_before(end)
         previous, self._previous_item_id = self._previous_item_id, item_id
@@ -581,7 +563,7 @@ class RealtimeSession:
             # turn, it holds the turn's final transcript.
             if not turn.urgent_started:
                 turn.urgent_started = True
-                self._start_decode(turn, urgent=True)
+                self._partial = self._spawn(self._decode_partial(turn, urgent=True))
             return
         turn.urgent_started = False  # speaking again: the next pause gets its decode
         if self._partial is not None and not self._partial.done():
@@ -591,26 +573,7 @@ class RealtimeSession:
         # growing turn never takes more than two thirds of the lane's time per stream.
         every_s = max(self._settings.partial_every_s, 1.5 * turn.last_decode_s)
         if new_speech_s >= every_s:
-            self._start_decode(turn)
-
-    def _start_decode(self, turn: OpenTurn, urgent: bool = False) -> None:
-        """A re-decode of the segment, or (`urgent`, in a pause) of the whole turn while it
-        fits the model's window, so that it can be the final transcript."""
-        end = self._audio.end
-        whole_fits = (end - turn.start) / SAMPLE_RATE <= self._settings.seal_after_s
-        start = turn.start if urgent and whole_fits else turn.segment_start
-        if start == turn.segment_start:
-            turn.decoded_to = end
-        if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
-            task = self._spawn(self._seal(turn, end))
-        else:
-            task = self._spawn(self._decode_partial(turn, start, end, urgent))
-            if start == turn.start:
-                turn.whole_to, turn.whole_task = end, task
-        if urgent:
-            self._urgent = task
-        else:
-            self._partial = task
+            self._partial = self._spawn(self._decode_partial(turn))
 
     def _in_pause(self, turn: OpenTurn) -> bool:
         """The speaker has paused: the last ~130 ms are below the detector's threshold, or
@@ -624,79 +587,39 @@ class RealtimeSession:
         quiet = vad.threshold - 0.15 if vad else 0.35
         return len(recent) == windows and max(recent) < quiet
 
-    async def _decode_partial(self, turn: OpenTurn, start: int, end: int,
-                              urgent: bool = False) -> None:
+    async def _decode_partial(self, turn: OpenTurn, urgent: bool = False) -> None:
+        end = self._audio.end
+        turn.decoded_to = end
+        if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
+            await self._seal(turn, end)
+            return
         started = time.monotonic()
-        # A long segment's decodes are timed, to move the segment on; a pause's decode of
-        # the whole turn is not (it is the likely final transcript, wanted soonest).
-        timed = (start == turn.segment_start and not urgent
-                 and (end - start) / SAMPLE_RATE >= TRIM_AFTER_S)
-        decode = await self._decoder.partial(self._audio.slice(start, end), self._options(),
-                                             turn.item_id, urgent=urgent, timed=timed)
-        if not urgent:
-            turn.last_decode_s = time.monotonic() - started
-        if start == turn.start and (turn.decoded is None or end > turn.decoded[0]):
-            turn.decoded = (end, decode.text)  # a slower, older decode never replaces a newer one
-        if self._turn is turn and start == turn.segment_start and end > turn.applied_to:
-            # (not committed meanwhile; the segment has not moved on; not overtaken)
-            turn.applied_to = end
-            delta = turn.stable.update(decode.text)
-            if delta:
-                await self._delta(turn.item_id, delta)
-                if not turn.first_delta_sent:
-                    turn.first_delta_sent = True
-                    self._decoder.observe_first_delta(time.monotonic() - turn.started_at)
-            if decode.words:
-                self._move_segment(turn, decode.text, decode.words)
-        for name in ("_partial", "_urgent"):
-            if getattr(self, name) is asyncio.current_task():
-                setattr(self, name, None)
+        text = await self._decoder.partial(self._audio.slice(turn.segment_start, end),
+                                           self._options(), turn.item_id, urgent=urgent)
+        turn.last_decode_s = time.monotonic() - started
+        if turn.segment_start == turn.start and (turn.decoded is None or end > turn.decoded[0]):
+            turn.decoded = (end, text)  # a slower, older decode never replaces a newer one
+        if self._turn is not turn:
+            return  # the turn was committed meanwhile: its final decode takes over
+        if turn.decoded is not None and end < turn.decoded[0]:
+            return  # overtaken by a newer decode (a pause's)
+        delta = turn.stable.update(text)
+        if delta:
+            await self._delta(turn.item_id, delta)
+            if not turn.first_delta_sent:
+                turn.first_delta_sent = True
+                self._decoder.observe_first_delta(time.monotonic() - turn.started_at)
+        if self._partial is asyncio.current_task():
+            self._partial = None
         self._maybe_decode_partial()  # audio that came during the decode
-
-    def _move_segment(self, turn: OpenTurn, text: str, words) -> None:
-        """Start the next decodes after confirmed words, at most TRIM_CONTEXT_S before the
-        first word not yet sent (confirmed words give the model context), so that each
-        decode stays short and deltas keep pace with the speech. The cut goes between the
-        two words where the speech detector heard the least speech: a cut through a word's
-        sound makes the model mishear the next decode's first word."""
-        times = unit_times(text, words)
-        if not times:
-            return
-        sent = turn.stable.sent_end(text)
-        first_open_s = times[sent][0] if sent < len(times) else times[-1][1]
-        keep_from_s = first_open_s - TRIM_CONTEXT_S
-        best: tuple[float, int] | None = None  # (speech probability, units before the cut)
-        for count in range(1, sent + 1):
-            cut_s = times[count - 1][1]
-            if cut_s > keep_from_s:
-                break
-            if cut_s >= MIN_TRIM_S:
-                probability = self._speech_probability(
-                    turn, turn.segment_start + samples_at(cut_s * 1000))
-                if best is None or probability <= best[0]:
-                    best = (probability, count)
-        if best is None:
-            return
-        count = best[1]
-        turn.sent_before_segment += turn.stable.drop_front(text, count)
-        turn.segment_start += samples_at(times[count - 1][1] * 1000)
-        turn.applied_to = 0
-
-    @staticmethod
-    def _speech_probability(turn: OpenTurn, sample: int) -> float:
-        """The detector's highest speech probability within a window of `sample`."""
-        index = (sample - turn.probabilities_from) // WINDOW
-        near = turn.probabilities[max(index - 1, 0): index + 2]
-        return max(near) if near else 1.0
 
     async def _seal(self, turn: OpenTurn, end: int) -> None:
         """Decode the long turn's part up to its deepest recent pause once, send what it
         adds, and go on decoding only what follows, as a long file is split."""
         cut = self._seal_point(turn, end)
-        start = turn.segment_start
-        text = (await self._decoder.partial(self._audio.slice(start, cut), self._options(),
-                                            turn.item_id)).text
-        if self._turn is not turn or turn.segment_start != start or not text:
+        text = await self._decoder.partial(self._audio.slice(turn.segment_start, cut),
+                                           self._options(), turn.item_id)
+        if self._turn is not turn or not text:
             return  # committed meanwhile, or the decode failed: nothing is set aside
         delta = turn.stable.finish(text)
         if delta:
@@ -708,7 +631,6 @@ class RealtimeSession:
         turn.stable = StableText()
         turn.stable.sent = carried
         turn.segment_start = cut
-        turn.applied_to = 0
 
     def _seal_point(self, turn: OpenTurn, end: int) -> int:
         origin = turn.probabilities_from
