@@ -6,10 +6,12 @@ written without spaces, such as Chinese). The units two successive decodes share
 start are confirmed, except the newest decode's last unit, which may be a word the speaker
 is still saying. Confirmed units past what was already sent make the next delta.
 
-Units are compared without case and punctuation (a later decode often adds a comma). When
-a decode words the sent part differently ("high" heard again as "I'm"), what was sent is
-aligned to it and the delta goes on after the aligned part, so the deltas keep following
-the speech instead of stopping at the first disagreement.
+Units are compared without case and punctuation (a later decode often adds a comma), and
+as one string cut where units end, so a word one decode splits ("grand father") agrees with
+the same word whole in the next. When a decode words the sent part differently ("high"
+heard again as "I'm"), what was sent is aligned to it and the delta goes on after the
+aligned part, so the deltas keep following the speech instead of stopping at the first
+disagreement.
 """
 
 from __future__ import annotations
@@ -108,4 +110,3 @@ class StableText:
             delta = delta.lstrip()
         self.sent.extend(new)
         return delta
-
