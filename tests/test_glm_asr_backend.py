@@ -296,3 +296,34 @@ def test_trimmed_windows_cut_the_encoders_input_and_never_depend_on_batch_mates(
     alone = [trimmed.transcribe_batch([c], FAST)[0].text for c in chunks]
     assert [r.text for r in trimmed.transcribe_batch(chunks, FAST)] == alone
     assert all(alone)
+
+
+
+def test_a_text_prefix_starts_the_answer_and_batch_mates_do_not_change_it(
+    backend, chunks, monkeypatch
+) -> None:
+    """The prefix is fed right after the generation prompt (where the template writes the
+    answer), in every row of a left-padded batch, and the text comes back with it."""
+    prefix = "hello world"
+    fed: list[torch.Tensor] = []
+    generate = backend.model.generate
+
+    def recording_generate(**kwargs):
+        fed.append(kwargs["input_ids"])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(backend.model, "generate", recording_generate)
+    options = DecodeOptions(max_new_tokens=12, text_prefix=prefix)
+
+    batched = backend.transcribe_batch(chunks, options)
+    alone = [backend.transcribe_batch([c], options)[0] for c in chunks]
+
+    assert [r.error for r in batched] == [None, None, None]
+    assert all(r.text.startswith(prefix) for r in batched)
+    assert [r.text for r in batched] == [r.text for r in alone]
+    tokenizer = backend.processor.tokenizer
+    prefix_ids = tokenizer(prefix, add_special_tokens=False).input_ids
+    answer_start = tokenizer("<|assistant|>\n", add_special_tokens=False).input_ids
+    for row in fed[0].tolist():
+        assert row[-len(prefix_ids):] == prefix_ids
+        assert row[-len(prefix_ids) - len(answer_start):-len(prefix_ids)] == answer_start

@@ -115,6 +115,36 @@ def test_temperature_samples_and_max_new_tokens_bounds_the_output(backend, fixtu
     assert len(backend.processor.tokenizer(result.text, add_special_tokens=False).input_ids) <= 6
 
 
+@pytest.mark.parametrize("prompt", [None, "Platform numbers and timetables."])
+def test_a_decode_given_its_own_start_goes_on_as_the_whole_decode(
+    backend, fixtures, prompt
+) -> None:
+    """A live re-decode continues the words already sent: given the start of what it would
+    write, the model writes the rest as it would have, and the text comes back whole."""
+    audios = [fixtures[1].audio, fixtures[2].audio]
+    whole = backend.transcribe_batch(audios, DecodeOptions(language="en", prompt=prompt))
+    start = " ".join(whole[0].text.split()[:4])
+
+    given = backend.transcribe_batch(
+        audios, DecodeOptions(language="en", prompt=prompt, text_prefix=start))
+
+    assert given[0].text == whole[0].text
+    # The prefix is the decoder's own input, not a hint: even words the audio does not
+    # hold start the other chunk's text.
+    assert given[1].text.startswith(start)
+    assert word_error_rate([fixtures[2].text], [given[1].text]) > 0
+
+
+def test_a_text_prefix_with_detected_languages(backend, fixtures) -> None:
+    whole, = backend.transcribe_batch([fixtures[0].audio], DecodeOptions())
+    start = " ".join(whole.text.split()[:3])
+
+    given, = backend.transcribe_batch([fixtures[0].audio], DecodeOptions(text_prefix=start))
+
+    assert given.language == "en"
+    assert given.text == whole.text
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -124,6 +154,7 @@ def test_temperature_samples_and_max_new_tokens_bounds_the_output(backend, fixtu
         (DecodeOptions(temperature=-0.1), "temperature"),
         (DecodeOptions(temperature=float("nan")), "temperature"),
         (DecodeOptions(max_new_tokens=0), "max_new_tokens"),
+        (DecodeOptions(word_timestamps=True, text_prefix="The"), "prefix"),
     ],
 )
 def test_invalid_options_raise_value_error_before_decoding(backend, options, message) -> None:

@@ -49,6 +49,10 @@ class DecodeOptions:
     temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int | None = None  # None = the backend's own bound
     word_timestamps: bool = False  # time each word (Whisper: alignment heads); costs a pass
+    # Text the transcript is known to start with (a live turn's sent words): the decoder
+    # is given its tokens and generates only what follows, and the result's text starts
+    # with it. A decode of a 10-s turn that continues its sent words takes half as long.
+    text_prefix: str | None = None
 
 
 @dataclass

@@ -189,6 +189,16 @@ class GlmAsrBackend:
         # Floating tensors (the log-mel features) take the model dtype, FP16 on CUDA;
         # ids and masks stay integer.
         inputs = inputs.to(self.device, dtype=self.dtype)
+        # A text prefix continues the assistant's answer, which the template writes trimmed
+        # right after the generation prompt; left padding keeps every row's end aligned.
+        start = self._strip_control(options.text_prefix or "")
+        forced = self.processor.tokenizer(start, add_special_tokens=False).input_ids if start else []
+        if forced:
+            rows = inputs["input_ids"].shape[0]
+            ids = torch.tensor([forced], device=self.device).expand(rows, -1)
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
+            inputs["attention_mask"] = torch.cat(
+                [inputs["attention_mask"], torch.ones_like(ids)], dim=1)
         max_new_tokens = options.max_new_tokens or max_new_tokens_for(
             max(a.shape[0] for a in audios)
         )
@@ -197,8 +207,8 @@ class GlmAsrBackend:
             sampling = {"do_sample": True, "temperature": options.temperature}
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-        # Left padding puts every prompt's end at the same column.
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        # Left padding puts every prompt's end at the same column; the prefix is kept.
+        new_tokens = output[:, inputs["input_ids"].shape[1] - len(forced) :]
         texts = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [text.strip() for text in texts]
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import unicodedata
 import zlib
 from collections.abc import Iterator
 
@@ -181,6 +182,9 @@ class WhisperBackend:
             raise ValueError(
                 "word timestamps are not available for translations: the English words "
                 "do not follow the other language's audio word by word")
+        if options.word_timestamps and options.text_prefix:
+            raise ValueError("word timestamps are not available for a decode that continues "
+                             "a text prefix: the prefix's words are not decoded")
         if options.word_timestamps and not self._alignment_heads:
             raise ValueError(
                 f"word timestamps are not available for {self.info.model_id}: its "
@@ -294,16 +298,20 @@ class WhisperBackend:
         }
         if self._languages:
             kwargs.update(language=languages, task=options.task)
-        prompt_len = 0
+        prompt_ids: list[int] = []
         if options.prompt:
-            prompt_ids = self.processor.tokenizer.get_prompt_ids(
-                options.prompt, return_tensors="pt"
-            )
+            prompt_ids = self.processor.tokenizer.get_prompt_ids(options.prompt).tolist()
             # Keep <|startofprev|> and the prompt's end, which matters most for context.
-            prompt_ids = torch.cat([prompt_ids[:1], prompt_ids[1:][-self._max_prompt_tokens :]])
-            kwargs["prompt_ids"] = prompt_ids.to(self.device)
-            prompt_len = len(prompt_ids)
-        budget = self._max_positions - prompt_len - _INIT_TOKENS
+            prompt_ids = prompt_ids[:1] + prompt_ids[1:][-self._max_prompt_tokens :]
+            kwargs["prompt_ids"] = torch.tensor(prompt_ids, device=self.device)
+        forced = self._text_prefix_ids(options.text_prefix)
+        if forced:
+            # generate takes the whole decoder input as given: prompt, start tokens, prefix.
+            kwargs.pop("prompt_ids", None)
+            kwargs["decoder_input_ids"] = torch.tensor(
+                [prompt_ids + self._prefix_ids(lang, options.task) + forced for lang in languages],
+                device=self.device)
+        budget = self._max_positions - len(prompt_ids) - _INIT_TOKENS - len(forced)
         # Whisper's generate reads max_length as the count of new tokens and adds the start
         # tokens itself; passing max_new_tokens instead draws a transformers warning per call.
         wanted = min(options.max_new_tokens or self._default_new_tokens, budget)
@@ -316,8 +324,11 @@ class WhisperBackend:
 
         with torch_threads(self._decode_threads):
             sequences = self.model.generate(**kwargs)
-        # generate returns only the new tokens: no start tokens, no prompt.
+        # generate returns only the new tokens: no start tokens, no prompt, no text prefix.
         texts = self.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        if forced:
+            start = self.processor.tokenizer.decode(forced, skip_special_tokens=True)
+            texts = [start + text for text in texts]
         # generate strips each row's EOS and right-pads the rows to the longest, so a row
         # ran out only if the rows are as long as the cap and it ends in a plain token.
         gen = self.model.generation_config
@@ -333,6 +344,18 @@ class WhisperBackend:
                 encoder_outputs.last_hidden_state, sequences, languages, options.task, audios)
             results = [dataclasses.replace(r, words=w) for r, w in zip(results, words, strict=True)]
         return results, ran_out
+
+    def _text_prefix_ids(self, text_prefix: str | None) -> list[int]:
+        """The tokens of a text prefix as Whisper writes the start of a transcript (a space
+        before a first word, none before a Chinese or Japanese character); none when it is
+        empty or longer than a prompt may be (the chunk is then decoded whole)."""
+        text = (text_prefix or "").strip()
+        if not text:
+            return []
+        if unicodedata.east_asian_width(text[0]) not in ("W", "F"):
+            text = " " + text
+        ids = self.processor.tokenizer(text, add_special_tokens=False).input_ids
+        return ids if len(ids) <= self._max_prompt_tokens else []
 
     def _prefix_ids(self, language: str, task: str) -> list[int]:
         """The decoder's start tokens without timestamps, as generate wrote them."""
