@@ -377,6 +377,14 @@ class RealtimeSettings(_Strict):
         description="New speech between two decodes of the growing turn. Text is sent once "
         "two decodes agree on it, so deltas follow speech by about twice this plus a decode.",
     )
+    continue_sent_text: bool = Field(
+        True,
+        description="A re-decode of the growing turn is given the words already sent and "
+        "generates only what follows: on 2 CPU cores a 10-s turn's re-decode takes half as "
+        "long, so deltas come more often (docs/performance.md). Such decodes batch only "
+        "with decodes of the same text; false decodes the whole turn each time, which lets "
+        "a GPU's live lane batch many streams' re-decodes together.",
+    )
     seal_after_s: float = Field(
         25.0, ge=5, le=30,
         description="A turn's part that is still decoded whole; past this the part up to "

@@ -112,6 +112,7 @@ class OpenTurn:
     # The text of a decode of the whole turn up to a sample (None once sealed or before
     # any): when it reaches past the end of speech it is the turn's final transcript.
     decoded: tuple[int, str] | None = None
+    newest_decode_end: int = 0  # session sample the newest decode whose text was used reached
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
     started_at: float = field(default_factory=time.monotonic)
@@ -563,7 +564,7 @@ class RealtimeSession:
             # turn, it holds the turn's final transcript.
             if not turn.urgent_started:
                 turn.urgent_started = True
-                self._partial = self._spawn(self._decode_partial(turn, urgent=True))
+                self._partial = self._start_decode(turn, urgent=True)
             return
         turn.urgent_started = False  # speaking again: the next pause gets its decode
         if self._partial is not None and not self._partial.done():
@@ -573,7 +574,7 @@ class RealtimeSession:
         # growing turn never takes more than two thirds of the lane's time per stream.
         every_s = max(self._settings.partial_every_s, 1.5 * turn.last_decode_s)
         if new_speech_s >= every_s:
-            self._partial = self._spawn(self._decode_partial(turn))
+            self._partial = self._start_decode(turn)
 
     def _in_pause(self, turn: OpenTurn) -> bool:
         """The speaker has paused: the last ~130 ms are below the detector's threshold, or
@@ -587,22 +588,38 @@ class RealtimeSession:
         quiet = vad.threshold - 0.15 if vad else 0.35
         return len(recent) == windows and max(recent) < quiet
 
-    async def _decode_partial(self, turn: OpenTurn, urgent: bool = False) -> None:
+    def _start_decode(self, turn: OpenTurn, urgent: bool = False) -> asyncio.Task:
+        """A decode of the turn's audio so far, taken now: the task starts at the event
+        loop's next turn, and a burst of appends may have committed the turn (and dropped
+        its audio) by then."""
         end = self._audio.end
         turn.decoded_to = end
         if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
-            await self._seal(turn, end)
-            return
+            cut = self._seal_point(turn, end)
+            return self._spawn(self._seal(turn, cut, self._audio.slice(turn.segment_start, cut)))
+        # A re-decode continues the words already sent (half the work of decoding the turn
+        # again: docs/performance.md). A pause's decode does not: it may be the final one,
+        # and the final transcript is the model's own reading of the whole turn.
+        sent_text = None
+        if not urgent and self._settings.continue_sent_text:
+            sent_text = turn.stable.sent_text or None
+        audio = self._audio.slice(turn.segment_start, end)
+        return self._spawn(self._decode_partial(turn, end, audio, urgent, sent_text))
+
+    async def _decode_partial(self, turn: OpenTurn, end: int, audio: np.ndarray,
+                              urgent: bool, sent_text: str | None) -> None:
         started = time.monotonic()
-        text = await self._decoder.partial(self._audio.slice(turn.segment_start, end),
-                                           self._options(), turn.item_id, urgent=urgent)
+        text = await self._decoder.partial(audio, self._options(), turn.item_id,
+                                           urgent=urgent, sent_text=sent_text)
         turn.last_decode_s = time.monotonic() - started
-        if turn.segment_start == turn.start and (turn.decoded is None or end > turn.decoded[0]):
+        whole = turn.segment_start == turn.start and sent_text is None
+        if whole and (turn.decoded is None or end > turn.decoded[0]):
             turn.decoded = (end, text)  # a slower, older decode never replaces a newer one
         if self._turn is not turn:
             return  # the turn was committed meanwhile: its final decode takes over
-        if turn.decoded is not None and end < turn.decoded[0]:
+        if end < turn.newest_decode_end:
             return  # overtaken by a newer decode (a pause's)
+        turn.newest_decode_end = end
         delta = turn.stable.update(text)
         if delta:
             await self._delta(turn.item_id, delta)
@@ -613,12 +630,10 @@ class RealtimeSession:
             self._partial = None
         self._maybe_decode_partial()  # audio that came during the decode
 
-    async def _seal(self, turn: OpenTurn, end: int) -> None:
-        """Decode the long turn's part up to its deepest recent pause once, send what it
-        adds, and go on decoding only what follows, as a long file is split."""
-        cut = self._seal_point(turn, end)
-        text = await self._decoder.partial(self._audio.slice(turn.segment_start, cut),
-                                           self._options(), turn.item_id)
+    async def _seal(self, turn: OpenTurn, cut: int, audio: np.ndarray) -> None:
+        """Decode the long turn's part up to its deepest recent pause (`cut`) once, send
+        what it adds, and go on decoding only what follows, as a long file is split."""
+        text = await self._decoder.partial(audio, self._options(), turn.item_id)
         if self._turn is not turn or not text:
             return  # committed meanwhile, or the decode failed: nothing is set aside
         delta = turn.stable.finish(text)

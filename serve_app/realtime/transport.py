@@ -14,18 +14,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from serve_app.config import RealtimeSettings
 from serve_app.errors import APIError
 from serve_app.realtime.events import RealtimeError
 from serve_app.realtime.session import RealtimeSession
-
-if TYPE_CHECKING:
-    from serve_app.realtime.decoding import LiveDecoder
 
 logger = logging.getLogger("ray.serve")
 
