@@ -20,7 +20,8 @@ of silence after; server_vad defaults) for --seconds, and a monologue: long_45s.
 deltas while a turn is spoken (its start to the first delta, delta to delta, the last to
 its end of speech), the decodes' lengths and times, and the turns whose deltas differ from
 their `completed` transcript. The monologue's own final decode is one 44-s chunk, which
-the model cuts short; the service splits it as a file (not measured here). Results go to
+the backend refuses (over 30 s), so its `completed` is empty here; the service splits it
+as a file (not measured here). Results go to
 benchmarks/results/live-decoding-<time>.json.
 """
 

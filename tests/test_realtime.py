@@ -4,6 +4,7 @@ client. Audio goes faster than real time; pacing is the benchmark's business."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -333,6 +334,7 @@ def test_a_turn_longer_than_the_window_is_split_at_pauses(service: str, client: 
     said = "".join(d["delta"] for d in deltas)
     assert word_error_rate([normalize(completed["transcript"])], [normalize(said)]) <= 0.1, (
         said, [d["delta"] for d in deltas], completed["transcript"])
+    assert not re.search(r"[.,?!][A-Za-z]", said), said  # parts joined by a space
 
 
 def test_a_live_turn_is_not_held_up_by_a_batch_of_files(service: str, client: httpx.Client) -> None:

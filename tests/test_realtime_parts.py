@@ -91,6 +91,18 @@ def test_text_is_sent_once_two_decodes_agree_and_never_taken_back() -> None:
     assert stable.sent_text.strip() == "The quick brown fox jumps over the dog."
 
 
+def test_a_stretch_after_a_sealed_part_is_joined_to_it_by_a_space() -> None:
+    # A decode's text starts without a space; after a long turn's sealed part ("...
+    # many years ago.") its first delta must not glue to it ("ago.We").
+    stable = StableText(follows_text=True)
+    stable.update("We should finish")
+    assert stable.update("We should finish the") == " We should finish"
+    assert stable.update("We should finish the report") == " the"
+    first = StableText()  # the turn's first words: no space before them
+    first.update("We should")
+    assert first.update("We should finish") == "We should"
+
+
 def test_punctuation_and_case_do_not_stop_the_deltas() -> None:
     stable = StableText()
     stable.update("every morning she")

@@ -58,9 +58,12 @@ def _common_prefix(reference: list[str], keys: list[str]) -> int:
 class StableText:
     """Deltas of one stretch of speech from successive decodes of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, follows_text: bool = False) -> None:
         self._previous: list[str] = []
         self.sent: list[str] = []  # units already sent as deltas
+        # Text of the same turn was sent before this stretch (a long turn's sealed part):
+        # the stretch's first words are joined to it by a space, as a file's chunks are.
+        self._follows_text = follows_text
 
     @property
     def sent_text(self) -> str:
@@ -106,7 +109,7 @@ class StableText:
 
     def _send(self, new: list[str]) -> str:
         delta = "".join(new)
-        if not self.sent:
-            delta = delta.lstrip()
+        if not self.sent and delta.strip():
+            delta = (" " if self._follows_text else "") + delta.lstrip()
         self.sent.extend(new)
         return delta

@@ -643,7 +643,7 @@ class RealtimeSession:
         # Words already sent past the cut are expected again at the start of what follows.
         carried = turn.stable.sent[len(sealed):] if len(turn.stable.sent) > len(sealed) else []
         turn.sent_before_segment += turn.stable.sent[: len(turn.stable.sent) - len(carried)]
-        turn.stable = StableText()
+        turn.stable = StableText(follows_text=bool(turn.sent_before_segment))
         turn.stable.sent = carried
         turn.segment_start = cut
 
