@@ -29,72 +29,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import soxr
 
 from benchmarks import realtime as streams
 from benchmarks.common import REPO_ROOT, machine_info, write_json
 from serve_app.audio import SAMPLE_RATE
-from serve_app.backends.base import DecodeOptions
 from serve_app.config import RealtimeSettings
 from serve_app.realtime.session import RealtimeSession
 from serve_app.speech import SpeechDetector
+from tests.in_process_decoder import Decode, InProcessDecoder
 
 POLICIES = ("continued", "whole")
 MONOLOGUE_PAUSE_MS = 2000
-
-
-class InProcessDecoder:
-    """The parts of LiveDecoder a session calls, on a local backend and one thread."""
-
-    def __init__(self, backend, detector: SpeechDetector) -> None:
-        self._backend = backend
-        self._detector = detector
-        self._thread = ThreadPoolExecutor(1)
-        self.decodes: list[dict] = []
-
-    def vad_stream(self):
-        return self._detector.vad.stream()
-
-    @staticmethod
-    def options(language: str | None, prompt: str | None) -> DecodeOptions:
-        return DecodeOptions(language=language, prompt=prompt)
-
-    async def _decode(self, audio: np.ndarray, options: DecodeOptions):
-        loop = asyncio.get_running_loop()
-        return (await loop.run_in_executor(
-            self._thread, self._backend.transcribe_batch, [audio], options))[0]
-
-    async def partial(self, audio, options, item_id, urgent=False, sent_text=None) -> str:
-        if audio.size < SAMPLE_RATE // 10:
-            return ""
-        if sent_text:
-            options = dataclasses.replace(options, text_prefix=sent_text)
-        started = time.monotonic()
-        result = await self._decode(audio, options)
-        self.decodes.append({"audio_s": audio.size / SAMPLE_RATE, "urgent": urgent,
-                             "continued": bool(sent_text),
-                             "seconds": time.monotonic() - started})
-        return "" if result.error else result.text.strip()
-
-    async def final(self, audio, options, item_id) -> str:
-        return (await self._decode(audio, options)).text.strip()
-
-    def observe_first_delta(self, seconds: float) -> None:
-        pass
-
-    def observe_final(self, seconds: float) -> None:
-        pass
-
-
-def to_pcm(audio: np.ndarray) -> np.ndarray:
-    resampled = soxr.resample(audio, SAMPLE_RATE, streams.PCM_RATE)
-    return (np.clip(resampled, -1.0, 1.0) * 32767).astype("<i2")
 
 
 def monologue_plan() -> streams.StreamPlan:
@@ -104,7 +53,7 @@ def monologue_plan() -> streams.StreamPlan:
     lead, tail = np.zeros(SAMPLE_RATE // 2, np.float32), np.zeros(3 * SAMPLE_RATE, np.float32)
     turn = streams.TurnPlan(0, [LONG_FIXTURE], fixture.text, lead.size,
                             lead.size + fixture.audio.size)
-    return streams.StreamPlan(0, [turn], to_pcm(np.concatenate([lead, fixture.audio, tail])))
+    return streams.StreamPlan(0, [turn], streams.to_pcm(np.concatenate([lead, fixture.audio, tail])))
 
 
 async def run_stream(plan: streams.StreamPlan, decoder: InProcessDecoder,
@@ -151,15 +100,15 @@ def turn_gaps(plan: streams.StreamPlan, events: list[tuple[float, dict]]) -> dic
     return {"gaps_s": gaps, "differing": differing, "turns": len(completed)}
 
 
-def summary(result: dict, decodes: list[dict]) -> dict:
+def summary(result: dict, decodes: list[Decode]) -> dict:
     gaps = np.asarray(result["gaps_s"])
-    regular = [d for d in decodes if not d["urgent"]]
+    regular = [d for d in decodes if not d.urgent]
     return {
         "gap_p50_s": float(np.median(gaps)), "gap_max_s": float(gaps.max()),
         "gaps_within_1s": float(np.mean(gaps <= 1.0)),
         "decodes": len(decodes),
-        "regular_audio_s_mean": statistics.fmean(d["audio_s"] for d in regular),
-        "regular_seconds_mean": statistics.fmean(d["seconds"] for d in regular),
+        "regular_audio_s_mean": statistics.fmean(d.audio_s for d in regular),
+        "regular_seconds_mean": statistics.fmean(d.seconds for d in regular),
         "turns": result["turns"], "deltas_differ": len(result["differing"]),
     }
 

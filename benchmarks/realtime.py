@@ -232,10 +232,13 @@ def plan_stream(index: int, pool: list[Sentence], seconds: float) -> StreamPlan:
                               " ".join(s.text for s in chosen), start, position))
         parts.append(silence(TURN_GAP_S))
         position += parts[-1].size
-    audio = np.concatenate(parts).astype(np.float32)
+    return StreamPlan(index, turns, to_pcm(np.concatenate(parts).astype(np.float32)))
+
+
+def to_pcm(audio: np.ndarray) -> np.ndarray:
+    """16-kHz float audio as the PCM16 at PCM_RATE that the streams send."""
     resampled = soxr.resample(audio, SAMPLE_RATE, PCM_RATE)
-    pcm = (np.clip(resampled, -1.0, 1.0) * 32767).astype("<i2")
-    return StreamPlan(index, turns, pcm)
+    return (np.clip(resampled, -1.0, 1.0) * 32767).astype("<i2")
 
 
 # ---- word error rate ------------------------------------------------------------------

@@ -2,82 +2,30 @@
 continue the words already sent, a pause's decode (maybe the final one) reads the whole turn.
 
 The session is the service's own; only the hop to the model deployment is replaced by a
-direct call to the same backend, so each decode's inputs can be seen.
+direct call to the same backend (tests/in_process_decoder.py), so each decode's inputs can
+be seen.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soxr
 import torch
 
-from serve_app.audio import SAMPLE_RATE
 from serve_app.backends import load_backend
-from serve_app.backends.base import DecodeOptions
 from serve_app.config import RealtimeSettings
 from serve_app.realtime.session import RealtimeSession
 from serve_app.speech import SpeechDetector
+from tests.in_process_decoder import InProcessDecoder
+from tests.realtime_client import pcm24_appends, silence
 from tests.speech import load_fixture, normalize, word_error_rate
 
-PCM_RATE = 24_000
 TURN = ("fox_dog.wav", "train.wav", "groceries.wav")  # one turn of ~12 s
 PAUSE_MS = 1500  # the files' own silences do not end the turn
-STEP_S = 1.0  # audio sent between waits for the decodes to finish
-
-
-@dataclasses.dataclass
-class Decode:
-    urgent: bool
-    sent_text: str | None
-    text: str
-
-
-class DirectDecoder:
-    """What a session asks of LiveDecoder, answered by the demo model in this process."""
-
-    def __init__(self, backend, detector: SpeechDetector) -> None:
-        self._backend = backend
-        self._detector = detector
-        self.decodes: list[Decode] = []
-        self.running = 0
-
-    def vad_stream(self):
-        return self._detector.vad.stream()
-
-    @staticmethod
-    def options(language: str | None, prompt: str | None) -> DecodeOptions:
-        return DecodeOptions(language=language, prompt=prompt)
-
-    async def _decode(self, audio: np.ndarray, options: DecodeOptions) -> str:
-        self.running += 1
-        try:
-            result, = await asyncio.to_thread(self._backend.transcribe_batch, [audio], options)
-        finally:
-            self.running -= 1
-        assert result.error is None
-        return result.text.strip()
-
-    async def partial(self, audio, options, item_id, urgent=False, sent_text=None) -> str:
-        if sent_text:
-            options = dataclasses.replace(options, text_prefix=sent_text)
-        text = await self._decode(audio, options)
-        self.decodes.append(Decode(urgent, sent_text, text))
-        return text
-
-    async def final(self, audio, options, item_id) -> str:
-        return await self._decode(audio, options)
-
-    def observe_first_delta(self, seconds: float) -> None:
-        pass
-
-    def observe_final(self, seconds: float) -> None:
-        pass
+APPENDS_PER_BURST = 10  # 1 s of 100-ms appends between waits for the decodes to finish
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +37,14 @@ def backend(demo_model_path: Path):
 
 @pytest.fixture(scope="module")
 def turn_audio() -> tuple[np.ndarray, str]:
-    gap = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)
+    gap = silence(0.3)
     fixtures = [load_fixture(name) for name in TURN]
     parts = [p for f in fixtures for p in (f.audio, gap)]
-    tail = np.zeros(int((PAUSE_MS / 1000 + 1) * SAMPLE_RATE), np.float32)
+    tail = silence(PAUSE_MS / 1000 + 1)
     return np.concatenate([gap, *parts, tail]), " ".join(f.text for f in fixtures)
 
 
-async def settled(decoder: DirectDecoder) -> None:
+async def settled(decoder: InProcessDecoder) -> None:
     """Back once the decodes the session has started (and those they start) are done: a
     spawned decode begins at the loop's next turn."""
     while True:
@@ -107,7 +55,7 @@ async def settled(decoder: DirectDecoder) -> None:
         await asyncio.sleep(0.01)
 
 
-async def stream(audio: np.ndarray, decoder: DirectDecoder, continue_sent_text: bool):
+async def stream(audio: np.ndarray, decoder: InProcessDecoder, continue_sent_text: bool):
     """The audio as 100-ms appends, each second's in one burst with no turn of the event
     loop between them (a client ahead of real time), then the decodes they started run.
     A burst reaches the turn's commit before the decodes it started have run, so those
@@ -126,13 +74,9 @@ async def stream(audio: np.ndarray, decoder: DirectDecoder, continue_sent_text: 
         "type": "transcription",
         "audio": {"input": {"transcription": {"language": "en"}, "turn_detection": {
             "type": "server_vad", "silence_duration_ms": PAUSE_MS}}}}})
-    pcm = (np.clip(soxr.resample(audio, SAMPLE_RATE, PCM_RATE), -1, 1) * 32767).astype("<i2")
-    append = PCM_RATE // 10
-    per_step = round(STEP_S * 10)
-    for k, start in enumerate(range(0, pcm.size, append), start=1):
-        chunk = base64.b64encode(pcm[start:start + append].tobytes()).decode()
+    for k, chunk in enumerate(pcm24_appends(audio), start=1):
         await session.handle({"type": "input_audio_buffer.append", "audio": chunk})
-        if k % per_step == 0:
+        if k % APPENDS_PER_BURST == 0:
             await settled(decoder)
     await session.finish_open_turn()
     await session.close()
@@ -151,20 +95,20 @@ def test_re_decodes_continue_the_sent_words_and_a_pause_reads_the_whole_turn(
     backend, turn_audio
 ) -> None:
     audio, said = turn_audio
-    decoder = DirectDecoder(backend, SpeechDetector())
+    decoder = InProcessDecoder(backend, SpeechDetector())
 
     deltas, completed = texts(asyncio.run(stream(audio, decoder, continue_sent_text=True)))
 
-    assert len(completed) == 1
+    assert len(completed) == 1 and not decoder.errors
     assert word_error_rate([said], completed) < 0.2
-    continued = [d for d in decoder.decodes if d.sent_text]
+    continued = [d for d in decoder.decodes if d.text_prefix]
     assert continued, decoder.decodes
     # What a continued decode was given had been sent, and its text goes on from it.
     for decode in continued:
         assert not decode.urgent
-        assert decode.text.startswith(decode.sent_text)
-        assert normalize(deltas).startswith(normalize(decode.sent_text))
-    assert all(d.sent_text is None for d in decoder.decodes if d.urgent)
+        assert decode.text.startswith(decode.text_prefix)
+        assert normalize(deltas).startswith(normalize(decode.text_prefix))
+    assert all(d.text_prefix is None for d in decoder.decodes if d.urgent)
     # The deltas, finished by the final decode, are that transcript.
     assert word_error_rate(completed, [deltas]) < 0.1
 
@@ -173,12 +117,12 @@ def test_without_continue_sent_text_every_decode_reads_the_whole_turn(
     backend, turn_audio
 ) -> None:
     audio, said = turn_audio
-    decoder = DirectDecoder(backend, SpeechDetector())
+    decoder = InProcessDecoder(backend, SpeechDetector())
 
     deltas, completed = texts(asyncio.run(stream(audio, decoder, continue_sent_text=False)))
 
-    assert len(completed) == 1 and deltas
+    assert len(completed) == 1 and deltas and not decoder.errors
     assert sum(not d.urgent for d in decoder.decodes) >= 3
-    assert all(d.sent_text is None for d in decoder.decodes)
+    assert all(d.text_prefix is None for d in decoder.decodes)
     assert word_error_rate([said], completed) < 0.2
 

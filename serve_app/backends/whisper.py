@@ -303,14 +303,14 @@ class WhisperBackend:
             prompt_ids = self.processor.tokenizer.get_prompt_ids(options.prompt).tolist()
             # Keep <|startofprev|> and the prompt's end, which matters most for context.
             prompt_ids = prompt_ids[:1] + prompt_ids[1:][-self._max_prompt_tokens :]
-            kwargs["prompt_ids"] = torch.tensor(prompt_ids, device=self.device)
         forced = self._text_prefix_ids(options.text_prefix)
         if forced:
             # generate takes the whole decoder input as given: prompt, start tokens, prefix.
-            kwargs.pop("prompt_ids", None)
             kwargs["decoder_input_ids"] = torch.tensor(
                 [prompt_ids + self._prefix_ids(lang, options.task) + forced for lang in languages],
                 device=self.device)
+        elif prompt_ids:
+            kwargs["prompt_ids"] = torch.tensor(prompt_ids, device=self.device)
         budget = self._max_positions - len(prompt_ids) - _INIT_TOKENS - len(forced)
         # Whisper's generate reads max_length as the count of new tokens and adds the start
         # tokens itself; passing max_new_tokens instead draws a transformers warning per call.

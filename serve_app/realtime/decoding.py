@@ -8,7 +8,6 @@ turn as `Priority.LIVE_PARTIAL` behind them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -58,16 +57,14 @@ class LiveDecoder:
         return DecodeOptions(language=language, prompt=prompt)
 
     async def partial(self, audio: np.ndarray, options: DecodeOptions, item_id: str,
-                      urgent: bool = False, sent_text: str | None = None) -> str:
+                      urgent: bool = False) -> str:
         """The growing turn decoded once, in one chunk (best effort: a failure sends no
         delta, and the final decode reports it). `urgent`: the speaker has paused, and
-        this decode may be the turn's final one. `sent_text`: the decoder continues after
-        it (the text comes back with it), rather than decoding the whole turn again."""
+        this decode may be the turn's final one. With `options.text_prefix` the decoder
+        continues the words already sent, and the text comes back with them."""
         priority = Priority.LIVE if urgent else Priority.LIVE_PARTIAL
         if audio.size < SAMPLE_RATE // 10:
             return ""
-        if sent_text:
-            options = dataclasses.replace(options, text_prefix=sent_text)
         audio = apply_gain(audio, model_gain(audio))  # quiet speakers, as files' chunks
         self._metrics.model_chunks.inc()
         try:

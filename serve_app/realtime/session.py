@@ -16,13 +16,14 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 import numpy as np
 from pydantic import ValidationError
 
 from serve_app.audio import SAMPLE_RATE
+from serve_app.backends.base import DecodeOptions
 from serve_app.config import RealtimeSettings
 from serve_app.realtime.audio_input import BETA_FORMATS, GA_FORMATS, AudioInput
 from serve_app.realtime.buffer import SessionAudio, ms, samples_at
@@ -600,19 +601,18 @@ class RealtimeSession:
         # A re-decode continues the words already sent (half the work of decoding the turn
         # again: docs/performance.md). A pause's decode does not: it may be the final one,
         # and the final transcript is the model's own reading of the whole turn.
-        sent_text = None
-        if not urgent and self._settings.continue_sent_text:
-            sent_text = turn.stable.sent_text or None
+        options = self._options()
+        if not urgent and self._settings.continue_sent_text and turn.stable.sent:
+            options = replace(options, text_prefix=turn.stable.sent_text)
         audio = self._audio.slice(turn.segment_start, end)
-        return self._spawn(self._decode_partial(turn, end, audio, urgent, sent_text))
+        return self._spawn(self._decode_partial(turn, end, audio, options, urgent))
 
     async def _decode_partial(self, turn: OpenTurn, end: int, audio: np.ndarray,
-                              urgent: bool, sent_text: str | None) -> None:
+                              options: DecodeOptions, urgent: bool) -> None:
         started = time.monotonic()
-        text = await self._decoder.partial(audio, self._options(), turn.item_id,
-                                           urgent=urgent, sent_text=sent_text)
+        text = await self._decoder.partial(audio, options, turn.item_id, urgent=urgent)
         turn.last_decode_s = time.monotonic() - started
-        whole = turn.segment_start == turn.start and sent_text is None
+        whole = turn.segment_start == turn.start and options.text_prefix is None
         if whole and (turn.decoded is None or end > turn.decoded[0]):
             turn.decoded = (end, text)  # a slower, older decode never replaces a newer one
         if self._turn is not turn:
