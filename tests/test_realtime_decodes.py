@@ -55,7 +55,7 @@ async def settled(decoder: InProcessDecoder) -> None:
         await asyncio.sleep(0.01)
 
 
-async def stream(audio: np.ndarray, decoder: InProcessDecoder, continue_sent_text: bool):
+async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings):
     """The audio as 100-ms appends, each second's in one burst with no turn of the event
     loop between them (a client ahead of real time), then the decodes they started run.
     A burst reaches the turn's commit before the decodes it started have run, so those
@@ -66,9 +66,8 @@ async def stream(audio: np.ndarray, decoder: InProcessDecoder, continue_sent_tex
     async def send(event: dict) -> None:
         events.append(event)
 
-    session = RealtimeSession(send, decoder, RealtimeSettings(continue_sent_text=continue_sent_text),
-                              "whisper-1", accepts_model=lambda _: True, languages=("en",),
-                              beta=False)
+    session = RealtimeSession(send, decoder, settings, "whisper-1",
+                              accepts_model=lambda _: True, languages=("en",), beta=False)
     await session.start()
     await session.handle({"type": "session.update", "session": {
         "type": "transcription",
@@ -97,7 +96,7 @@ def test_re_decodes_continue_the_sent_words_and_a_pause_reads_the_whole_turn(
     audio, said = turn_audio
     decoder = InProcessDecoder(backend, SpeechDetector())
 
-    deltas, completed = texts(asyncio.run(stream(audio, decoder, continue_sent_text=True)))
+    deltas, completed = texts(asyncio.run(stream(audio, decoder, RealtimeSettings())))
 
     assert len(completed) == 1 and not decoder.errors
     assert word_error_rate([said], completed) < 0.2
@@ -119,10 +118,30 @@ def test_without_continue_sent_text_every_decode_reads_the_whole_turn(
     audio, said = turn_audio
     decoder = InProcessDecoder(backend, SpeechDetector())
 
-    deltas, completed = texts(asyncio.run(stream(audio, decoder, continue_sent_text=False)))
+    settings = RealtimeSettings(continue_sent_text=False)
+    deltas, completed = texts(asyncio.run(stream(audio, decoder, settings)))
 
     assert len(completed) == 1 and deltas and not decoder.errors
     assert sum(not d.urgent for d in decoder.decodes) >= 3
     assert all(d.text_prefix is None for d in decoder.decodes)
     assert word_error_rate([said], completed) < 0.2
 
+
+
+def test_a_long_turn_set_aside_in_parts_sends_each_word_once(backend, turn_audio) -> None:
+    # Sealing after 6 s sets parts of the 12-s turn aside while it grows; the decodes after
+    # a cut go on from what the last one before it had (words sent past the cut, and the
+    # words it heard there). The deltas must still be the transcript, no word sent twice.
+    audio, said = turn_audio
+    decoder = InProcessDecoder(backend, SpeechDetector())
+
+    settings = RealtimeSettings(seal_after_s=6)
+    deltas, completed = texts(asyncio.run(stream(audio, decoder, settings)))
+
+    assert len(completed) == 1 and not decoder.errors
+    regular = [d for d in decoder.decodes if not d.urgent]
+    # A decode of no more audio than the one before it: a part set aside, or what follows.
+    assert any(d.audio_s <= before.audio_s for before, d in zip(regular, regular[1:])), (
+        decoder.decodes)
+    assert word_error_rate([said], completed) < 0.2
+    assert word_error_rate(completed, [deltas]) < 0.1

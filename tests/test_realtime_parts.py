@@ -85,10 +85,53 @@ def test_text_is_sent_once_two_decodes_agree_and_never_taken_back() -> None:
     assert stable.update("The quick brown") == "The quick"  # "brown" may still change
     assert stable.update("The quick brown fax") == " brown"
     assert stable.update("The quack brown fox jumps") == ""  # disagrees with the last decode
-    assert stable.update("The quick brown fox jumps over") == ""
-    assert stable.update("The quick brown fox jumps over the") == " fox jumps over"
-    assert stable.finish("The quick brown fox jumps over the dog.") == " the dog."
+    assert stable.update("The quack brown fax jumps over") == ""  # "fox", then "fax"
+    assert stable.update("The quick brown fox jumps over the") == ""
+    assert stable.update("The quick brown fox jumps over the lazy") == " fox jumps over the"
+    assert stable.finish("The quick brown fox jumps over the dog.") == " dog."
     assert stable.sent_text.strip() == "The quick brown fox jumps over the dog."
+
+
+def test_decodes_that_word_the_sent_part_differently_agree_on_what_follows() -> None:
+    # Seen live: a pause's decode of the whole turn hears "I'm every" as "high in every";
+    # the next decode, continuing the sent words, must not wait for a third to agree.
+    stable = StableText()
+    stable.update("leaves from platform I'm every morning")
+    assert stable.update("leaves from platform I'm every morning she") == (
+        "leaves from platform I'm every morning")
+    assert stable.update(
+        "leaves from platform high in every morning, she bought three apples.") == " she"
+    assert stable.update("leaves from platform I'm every morning, she bought three apples, "
+                         "two oranges") == " bought three apples,"
+
+
+def test_a_decode_that_ends_in_a_pause_may_confirm_its_last_word() -> None:
+    stable = StableText()
+    stable.update("over the lazy dog.")
+    assert stable.update("over the lazy dog.") == "over the lazy"  # "dog" may go on
+    assert stable.update("over the lazy dog.", ends_in_pause=True) == " dog."
+    # A last word the previous decode did not have is still not confirmed.
+    stable.update("over the lazy dog. The", ends_in_pause=True)
+    assert stable.sent_text == "over the lazy dog."
+
+
+def test_after_a_sealed_part_the_next_decode_agrees_with_the_last_one_at_once() -> None:
+    stable = StableText()
+    stable.update("many years ago. We")
+    stable.update("many years ago. We should finish")  # sends "...ago. We"
+    rest = stable.rest_after(3, follows_text=True)  # "many years ago." set aside
+    assert rest.sent_text == " We"
+    # The first decode after the cut confirms what the last one before it also heard.
+    assert rest.update("We should finish the report") == " should finish"
+
+
+def test_a_sealed_part_that_leaves_out_a_phrase_still_ends_where_its_words_do() -> None:
+    # Seen live: the part's decode left out a phrase, so counting its words put the cut
+    # ten words early, and the words after it were forced on audio that did not hold them.
+    stable = StableText()
+    stable.sent = units("She bought apples. My grandfather planted an old oak tree. We should")
+    assert stable.covered_by("She bought apples. My grandfather planted a tree.") == 10
+    assert stable.covered_by("Something else entirely") == 3  # no match: counted
 
 
 def test_a_stretch_after_a_sealed_part_is_joined_to_it_by_a_space() -> None:

@@ -2,9 +2,12 @@
 agree on it, and never taken back.
 
 Each decode of the turn so far is split into units (words; single characters in scripts
-written without spaces, such as Chinese). The units two successive decodes share from the
-start are confirmed, except the newest decode's last unit, which may be a word the speaker
-is still saying. Confirmed units past what was already sent make the next delta.
+written without spaces, such as Chinese). Past what was already sent, the units two
+successive decodes share are confirmed and make the next delta, except the newest decode's
+last unit, which may be a word the speaker is still saying (unless its audio ends in a
+pause). Only what follows the sent text is compared: the sent words are fixed, so two
+decodes that word them differently ("high in every" and "I'm every") may still agree on
+what came next.
 
 Units are compared without case and punctuation (a later decode often adds a comma), and
 as one string cut where units end, so a word one decode splits ("grand father") agrees with
@@ -59,7 +62,7 @@ class StableText:
     """Deltas of one stretch of speech from successive decodes of it."""
 
     def __init__(self, follows_text: bool = False) -> None:
-        self._previous: list[str] = []
+        self._previous: list[str] = []  # the last decode's units, compared as keys
         self.sent: list[str] = []  # units already sent as deltas
         # Text of the same turn was sent before this stretch (a long turn's sealed part):
         # the stretch's first words are joined to it by a space, as a file's chunks are.
@@ -69,21 +72,46 @@ class StableText:
     def sent_text(self) -> str:
         return "".join(self.sent)
 
-    def update(self, text: str) -> str:
-        """The delta a new decode allows ("" when nothing new is confirmed)."""
+    def update(self, text: str, ends_in_pause: bool = False) -> str:
+        """The delta a new decode allows ("" when nothing new is confirmed).
+
+        `ends_in_pause`: the decode's audio ends after the speaker stopped, so its last
+        word is whole and may be confirmed too."""
         current = units(text)
         keys = [_key(u) for u in current]
-        agreed = _common_prefix(self._previous, keys[:-1])
-        self._previous = keys
+        previous, self._previous = self._previous, keys
         start = self._after_sent(keys)
-        if agreed <= start:
+        candidates = keys[start:] if ends_in_pause else keys[start:-1]
+        agreed = _common_prefix(previous[self._after_sent(previous):], candidates)
+        if not agreed:
             return ""
-        return self._send(current[start:agreed])
+        return self._send(current[start:start + agreed])
 
     def finish(self, text: str) -> str:
         """What the final decode adds after the part already sent."""
         final = units(text)
         return self._send(final[self._after_sent([_key(u) for u in final]):])
+
+    def covered_by(self, text: str) -> int:
+        """How many sent units a decode of the stretch's start covers: its end aligned to
+        the sent units, not counted, since a decode that leaves out a phrase is shorter."""
+        keys = [_key(u) for u in units(text)]
+        sent = [_key(u) for u in self.sent]
+        blocks = [b for b in difflib.SequenceMatcher(None, sent, keys, autojunk=False)
+                  .get_matching_blocks() if b.size]
+        if not blocks:
+            return min(len(keys), len(sent))
+        last = blocks[-1]
+        # The decode's units after its last match stand for as many sent units.
+        return min(last.a + last.size + len(keys) - (last.b + last.size), len(sent))
+
+    def rest_after(self, kept: int, follows_text: bool) -> StableText:
+        """This stretch without its first `kept` units (set aside as a sealed part): what
+        was sent past them goes on, and so does the last decode's text past them, so the
+        next decode can agree with it at once."""
+        rest = StableText(follows_text)
+        rest.sent, rest._previous = self.sent[kept:], self._previous[kept:]
+        return rest
 
     def _after_sent(self, keys: list[str]) -> int:
         """Where, in a decode's units, the text already sent ends."""

@@ -42,7 +42,7 @@ from serve_app.realtime.events import (
     server_event,
     validation_error,
 )
-from serve_app.realtime.partials import StableText, units
+from serve_app.realtime.partials import StableText
 from serve_app.speech.silero import WINDOW
 from serve_app.speech.turns import TurnDetector
 
@@ -585,6 +585,11 @@ class RealtimeSession:
         if vad is not None:
             lead_windows = samples_at(vad.silence_duration_ms - PAUSE_DECODE_LEAD_MS) // WINDOW
             windows = max(windows, lead_windows)
+        return self._quiet_for(turn, windows)
+
+    def _quiet_for(self, turn: OpenTurn, windows: int = PAUSE_DECODE_WINDOWS) -> bool:
+        """The turn's last `windows` are below the detector's threshold."""
+        vad = self.config.vad
         recent = turn.probabilities[-windows:]
         quiet = vad.threshold - 0.15 if vad else 0.35
         return len(recent) == windows and max(recent) < quiet
@@ -595,20 +600,27 @@ class RealtimeSession:
         its audio) by then."""
         end = self._audio.end
         turn.decoded_to = end
+        continued = self._settings.continue_sent_text and bool(turn.stable.sent)
         if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
+            # Decoded whole: given the sent words, a decode that ends at a pause right
+            # after them tends to loop or invent what comes next.
             cut = self._seal_point(turn, end)
             return self._spawn(self._seal(turn, cut, self._audio.slice(turn.segment_start, cut)))
         # A re-decode continues the words already sent (half the work of decoding the turn
         # again: docs/performance.md). A pause's decode does not: it may be the final one,
         # and the final transcript is the model's own reading of the whole turn.
         options = self._options()
-        if not urgent and self._settings.continue_sent_text and turn.stable.sent:
+        if not urgent and continued:
             options = replace(options, text_prefix=turn.stable.sent_text)
         audio = self._audio.slice(turn.segment_start, end)
-        return self._spawn(self._decode_partial(turn, end, audio, options, urgent))
+        # Audio that ends in a pause ends with a whole word: the decode may confirm it.
+        ends_in_pause = self._quiet_for(turn)
+        return self._spawn(self._decode_partial(turn, end, audio, options, urgent,
+                                                ends_in_pause))
 
     async def _decode_partial(self, turn: OpenTurn, end: int, audio: np.ndarray,
-                              options: DecodeOptions, urgent: bool) -> None:
+                              options: DecodeOptions, urgent: bool,
+                              ends_in_pause: bool) -> None:
         started = time.monotonic()
         text = await self._decoder.partial(audio, options, turn.item_id, urgent=urgent)
         turn.last_decode_s = time.monotonic() - started
@@ -620,7 +632,7 @@ class RealtimeSession:
         if end < turn.newest_decode_end:
             return  # overtaken by a newer decode (a pause's)
         turn.newest_decode_end = end
-        delta = turn.stable.update(text)
+        delta = turn.stable.update(text, ends_in_pause)
         if delta:
             await self._delta(turn.item_id, delta)
             if not turn.first_delta_sent:
@@ -639,12 +651,10 @@ class RealtimeSession:
         delta = turn.stable.finish(text)
         if delta:
             await self._delta(turn.item_id, delta)
-        sealed = units(text)
         # Words already sent past the cut are expected again at the start of what follows.
-        carried = turn.stable.sent[len(sealed):] if len(turn.stable.sent) > len(sealed) else []
-        turn.sent_before_segment += turn.stable.sent[: len(turn.stable.sent) - len(carried)]
-        turn.stable = StableText(follows_text=bool(turn.sent_before_segment))
-        turn.stable.sent = carried
+        kept = turn.stable.covered_by(text)
+        turn.sent_before_segment += turn.stable.sent[:kept]
+        turn.stable = turn.stable.rest_after(kept, follows_text=bool(turn.sent_before_segment))
         turn.segment_start = cut
 
     def _seal_point(self, turn: OpenTurn, end: int) -> int:
