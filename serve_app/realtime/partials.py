@@ -58,6 +58,17 @@ def _common_prefix(reference: list[str], keys: list[str]) -> int:
     return agreed
 
 
+def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int] | None:
+    """Where the last run of units common to the sent keys and a decode's keys ends, in
+    each (None when they share none)."""
+    blocks = [b for b in difflib.SequenceMatcher(None, sent, keys, autojunk=False)
+              .get_matching_blocks() if b.size]
+    if not blocks:
+        return None
+    last = blocks[-1]
+    return last.a + last.size, last.b + last.size
+
+
 class StableText:
     """Deltas of one stretch of speech from successive decodes of it."""
 
@@ -97,13 +108,12 @@ class StableText:
         the sent units, not counted, since a decode that leaves out a phrase is shorter."""
         keys = [_key(u) for u in units(text)]
         sent = [_key(u) for u in self.sent]
-        blocks = [b for b in difflib.SequenceMatcher(None, sent, keys, autojunk=False)
-                  .get_matching_blocks() if b.size]
-        if not blocks:
+        match = _last_match(sent, keys)
+        if match is None:
             return min(len(keys), len(sent))
-        last = blocks[-1]
+        sent_end, decode_end = match
         # The decode's units after its last match stand for as many sent units.
-        return min(last.a + last.size + len(keys) - (last.b + last.size), len(sent))
+        return min(sent_end + len(keys) - decode_end, len(sent))
 
     def rest_after(self, kept: int, follows_text: bool) -> StableText:
         """This stretch without its first `kept` units (set aside as a sealed part): what
@@ -121,13 +131,11 @@ class StableText:
         same = _common_prefix(sent, keys)
         if "".join(keys[:same]) == "".join(sent):
             return same
-        blocks = [b for b in difflib.SequenceMatcher(None, sent, keys, autojunk=False)
-                  .get_matching_blocks() if b.size]
         fallback = min(len(sent), len(keys))
-        if not blocks:
+        match = _last_match(sent, keys)
+        if match is None:
             return fallback
-        last = blocks[-1]
-        sent_end, decode_end = last.a + last.size, last.b + last.size
+        sent_end, decode_end = match
         # Trusted only near the end of what was sent and about as far into this decode: a
         # lone common word ("the") far ahead would skip words that were never sent.
         if sent_end < len(sent) - MAX_SHIFT or abs(decode_end - sent_end) > MAX_SHIFT:

@@ -600,7 +600,6 @@ class RealtimeSession:
         its audio) by then."""
         end = self._audio.end
         turn.decoded_to = end
-        continued = self._settings.continue_sent_text and bool(turn.stable.sent)
         if (end - turn.segment_start) / SAMPLE_RATE > self._settings.seal_after_s:
             # Decoded whole: given the sent words, a decode that ends at a pause right
             # after them tends to loop or invent what comes next.
@@ -610,7 +609,7 @@ class RealtimeSession:
         # again: docs/performance.md). A pause's decode does not: it may be the final one,
         # and the final transcript is the model's own reading of the whole turn.
         options = self._options()
-        if not urgent and continued:
+        if not urgent and self._settings.continue_sent_text and turn.stable.sent:
             options = replace(options, text_prefix=turn.stable.sent_text)
         audio = self._audio.slice(turn.segment_start, end)
         # Audio that ends in a pause ends with a whole word: the decode may confirm it.
