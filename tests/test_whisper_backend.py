@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,7 @@ def test_trimmed_windows_transcribe_as_well_as_full_ones(
     assert max(windows) < MAX_CHUNK_SECONDS  # the fixtures (< 7 s) never need 30 s
     with caplog.at_level("INFO", logger=whisper.__name__):
         results = [trimmed.transcribe_batch([f.audio], DecodeOptions())[0] for f in fixtures]
-    assert "decoding them in 30 s" not in caplog.text  # every one decoded in its own window
+    assert "looped" not in caplog.text  # every one decoded in its own window
     assert [r.language for r in results] == ["en"] * len(fixtures)  # detected on fewer frames
     texts = [f.text for f in fixtures]
     full = backend.transcribe_batch([f.audio for f in fixtures], DecodeOptions())
@@ -263,7 +264,9 @@ def test_a_chunk_that_runs_out_of_tokens_in_a_trimmed_window_is_decoded_in_30_s(
     monkeypatch.setattr(whisper, "MAX_TOKENS_PER_SECOND", 0.1)
     with caplog.at_level("INFO", logger=whisper.__name__):
         (result,) = trimmed.transcribe_batch([fixture.audio], DecodeOptions(language="en"))
-    assert "decoding them in 30 s" in caplog.text
+    # Twice the window, then 30 s: the cap binds in every trimmed window.
+    assert "looped in a 10-s window; decoding them in 20 s" in caplog.text
+    assert "looped in a 20-s window; decoding them in 30 s" in caplog.text
     assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER  # the whole sentence
 
 
@@ -275,13 +278,40 @@ def test_only_the_chunk_that_ran_out_is_decoded_again(trimmed, fixtures, monkeyp
     alone = [trimmed.transcribe_batch([f.audio], options)[0].text for f in (short, long)]
     lengths = [len(tokenizer(" " + text, add_special_tokens=False).input_ids) for text in alone]
     assert lengths[1] - lengths[0] >= 3, lengths
-    # A cap between the two: the long sentence runs out in its 10-s window, the short not.
-    monkeypatch.setattr(whisper, "MAX_TOKENS_PER_SECOND", (lengths[0] + 1.5) / 10)
+    # A cap between the two (the batch's cap follows its longest chunk): the long sentence
+    # runs out in its 10-s window, the short not.
+    capped_s = long.audio.size / SAMPLE_RATE + whisper.TOKEN_CAP_SLACK_S
+    monkeypatch.setattr(whisper, "MAX_TOKENS_PER_SECOND", (lengths[0] + 1.5) / capped_s)
     with caplog.at_level("INFO", logger=whisper.__name__):
         results = trimmed.transcribe_batch([short.audio, long.audio], options)
     assert "1 of 2 chunks looped" in caplog.text
     assert results[0].text == alone[0]  # kept from the trimmed window
     assert word_error_rate([long.text], [results[1].text]) < MAX_ITEM_WER  # whole, from 30 s
+
+
+def test_the_loop_cap_follows_the_audio_not_its_window(
+    trimmed, fixtures, monkeypatch, caplog
+) -> None:
+    clip = fixtures[4].audio[: SAMPLE_RATE]  # 1 s of speech: a 5-s window
+    assert trimmed.info.window_for(clip.size) == 5.0
+    options = DecodeOptions(language="en")
+    text = trimmed.transcribe_batch([clip], options)[0].text
+    tokens = len(trimmed.processor.tokenizer(" " + text, add_special_tokens=False).input_ids)
+    # A rate at which the clip's own 2 s (1 s + slack) cannot hold its tokens while its 5-s
+    # window could: a cap by the window would let this decode through as it is.
+    rate = tokens / 3
+    assert math.ceil(rate * (1 + whisper.TOKEN_CAP_SLACK_S)) < tokens < math.ceil(rate * 5)
+    monkeypatch.setattr(whisper, "MAX_TOKENS_PER_SECOND", rate)
+    with caplog.at_level("INFO", logger=whisper.__name__):
+        again = trimmed.transcribe_batch([clip], options)[0].text
+    assert "1 of 1 chunks looped in a 5-s window; decoding them in 10 s" in caplog.text
+    assert word_error_rate([text], [again]) < MAX_ITEM_WER  # decoded whole in the end
+
+
+def test_the_loop_cap_leaves_out_the_given_start_of_the_transcript() -> None:
+    assert whisper.loop_token_cap(1.5) == 30  # 12 tokens a second over 1.5 s + 1 s
+    assert whisper.loop_token_cap(1.5, given_tokens=10) == 20
+    assert whisper.loop_token_cap(1.5, given_tokens=100) == 12  # never below the slack's
 
 
 def test_a_loop_compresses_far_better_than_speech() -> None:

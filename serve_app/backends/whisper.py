@@ -46,10 +46,21 @@ TASKS = ("transcribe", "translate")
 _INIT_TOKENS = 4
 TRIMMED_STEP_S = 5  # trimmed windows of 5, 10, ... 30 s: any length fits the encoder
 # Signs that a trimmed window (base.encoder_windows) still sent the decoder into a loop,
-# after which the chunk is decoded again in the full window: gzip compressing the text
-# more than Whisper's own fallback threshold, or more tokens than any speech fits in it.
+# after which the chunk is decoded again in a larger window: gzip compressing the text
+# more than Whisper's own fallback threshold, or more tokens than any speech fits in the
+# audio (a second of slack). The cap follows the audio, not its window: a 1.5-s live
+# decode that loops in its 5-s window stops after 30 tokens, not 60 (~0.4 s on 2 cores).
 LOOP_COMPRESSION_RATIO = 2.4
 MAX_TOKENS_PER_SECOND = 12
+TOKEN_CAP_SLACK_S = 1.0
+
+
+def loop_token_cap(longest_audio_s: float, given_tokens: int = 0) -> int:
+    """New tokens past which a decode in a trimmed window is taken for a loop: more than
+    the longest chunk's speech can need, less the transcript's start given to the decoder
+    (`DecodeOptions.text_prefix`), and never under the slack's own share."""
+    whole = math.ceil(MAX_TOKENS_PER_SECOND * (longest_audio_s + TOKEN_CAP_SLACK_S))
+    return max(whole - given_tokens, math.ceil(MAX_TOKENS_PER_SECOND * TOKEN_CAP_SLACK_S))
 
 
 @contextlib.contextmanager
@@ -106,7 +117,7 @@ class WhisperBackend:
     `encoder_window="trimmed"` pads a chunk to the next 5-s step at least 3 s past its end
     instead of to 30 s: a 5-s clip costs the encoder a third of the work. It is opt-in
     because it is not how Whisper was trained; a chunk whose trimmed decode looks like a
-    loop is decoded again in the full window.
+    loop is decoded again in a larger window (twice as long, up to 30 s).
     """
 
     def __init__(
@@ -250,11 +261,12 @@ class WhisperBackend:
                 if ran_out[i] or compression_ratio(result.text) > LOOP_COMPRESSION_RATIO
             ]
             if looped:
-                logger.info("%d of %d chunks looped in a %.0f-s window; decoding them in 30 s",
-                            len(looped), len(audios), window_s)
-                again, _ = self._decode_in_window(
-                    [audios[i] for i in looped], options, float(MAX_CHUNK_SECONDS)
-                )
+                # A window twice as long first, up to 30 s: it ends the loops seen in 5-s
+                # windows (1-2 s of speech) at a third of a 30-s decode's cost.
+                larger_s = min(2 * window_s, float(MAX_CHUNK_SECONDS))
+                logger.info("%d of %d chunks looped in a %.0f-s window; decoding them in %.0f s",
+                            len(looped), len(audios), window_s, larger_s)
+                again = self._decode_window([audios[i] for i in looped], options, larger_s)
                 for i, result in zip(looped, again, strict=True):
                     results[i] = result
         return results
@@ -263,7 +275,7 @@ class WhisperBackend:
     def _decode_in_window(
         self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
     ) -> tuple[list[ChunkResult], list[bool]]:
-        """Results, and for each whether it stopped at the window's token cap, not at EOS."""
+        """Results, and for each whether it stopped at the loop token cap, not at EOS."""
         # Features of the window only: the same frames as the first ones of a 30-s window
         # (the padding is zeros either way), without the STFT of the rest.
         features = self.processor.feature_extractor(
@@ -315,7 +327,10 @@ class WhisperBackend:
         # Whisper's generate reads max_length as the count of new tokens and adds the start
         # tokens itself; passing max_new_tokens instead draws a transformers warning per call.
         wanted = min(options.max_new_tokens or self._default_new_tokens, budget)
-        cap = math.ceil(MAX_TOKENS_PER_SECOND * window_s) if window_s < MAX_CHUNK_SECONDS else wanted
+        if window_s < MAX_CHUNK_SECONDS:
+            cap = loop_token_cap(max(a.shape[0] for a in audios) / SAMPLE_RATE, len(forced))
+        else:
+            cap = wanted  # no larger window to decode a loop again in
         kwargs["max_length"] = min(wanted, cap)
         if options.temperature > 0:
             kwargs.update(do_sample=True, temperature=options.temperature)
