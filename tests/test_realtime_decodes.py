@@ -55,8 +55,7 @@ async def settled(decoder: InProcessDecoder) -> None:
         await asyncio.sleep(0.01)
 
 
-async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings,
-                 appends_per_burst: int = APPENDS_PER_BURST, pause_ms: int = PAUSE_MS):
+async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings):
     """The audio as 100-ms appends, each second's in one burst with no turn of the event
     loop between them (a client ahead of real time), then the decodes they started run.
     A burst reaches the turn's commit before the decodes it started have run, so those
@@ -73,10 +72,10 @@ async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: Realtim
     await session.handle({"type": "session.update", "session": {
         "type": "transcription",
         "audio": {"input": {"transcription": {"language": "en"}, "turn_detection": {
-            "type": "server_vad", "silence_duration_ms": pause_ms}}}}})
+            "type": "server_vad", "silence_duration_ms": PAUSE_MS}}}}})
     for k, chunk in enumerate(pcm24_appends(audio), start=1):
         await session.handle({"type": "input_audio_buffer.append", "audio": chunk})
-        if k % appends_per_burst == 0:
+        if k % APPENDS_PER_BURST == 0:
             await settled(decoder)
     await session.finish_open_turn()
     await session.close()
@@ -111,59 +110,6 @@ def test_re_decodes_continue_the_sent_words_and_a_pause_reads_the_whole_turn(
     assert all(d.text_prefix is None for d in decoder.decodes if d.urgent)
     # The deltas, finished by the final decode, are that transcript.
     assert word_error_rate(completed, [deltas]) < 0.1
-
-
-class SlowPauseDecodes(InProcessDecoder):
-    """The demo model, with each pause's decode held PAUSE_DECODE_EXTRA_S longer: a decode
-    of the whole turn on a busy lane, several times what a re-decode takes."""
-
-    async def partial(self, audio, options, item_id: str, urgent: bool = False) -> str:
-        if urgent:
-            self.running += 1  # settled() waits for it
-            try:
-                await asyncio.sleep(PAUSE_DECODE_EXTRA_S)
-            finally:
-                self.running -= 1
-        return await super().partial(audio, options, item_id, urgent)
-
-
-PAUSE_DECODE_EXTRA_S = 0.6
-
-
-def test_re_decodes_after_a_pause_are_spaced_by_re_decodes_not_by_the_pause_s_decode(
-    backend,
-) -> None:
-    # Sentences 0.2 s apart under a 500-ms closing pause: one turn, with pauses inside it
-    # that each start a decode of the whole turn. Each append's decodes finish before the
-    # next append, so where a re-decode starts is set by the session's spacing alone:
-    # partial_every_s of new audio, or 1.5 times the last re-decode's time when that is
-    # longer. Spacing the re-decodes after a pause by the pause's decode (1.5 x 0.6 s and
-    # more here) once held the words after every pause back.
-    def trimmed(name: str) -> np.ndarray:
-        audio = load_fixture(name).audio
-        loud = np.flatnonzero(np.abs(audio) > 1e-3)
-        return audio[loud[0]: loud[-1] + 1]
-
-    gap = silence(0.2)
-    audio = np.concatenate([silence(0.5), *(p for name in TURN for p in (trimmed(name), gap)),
-                            silence(1.0)])
-    decoder = SlowPauseDecodes(backend, SpeechDetector())
-    settings = RealtimeSettings()
-
-    events = asyncio.run(stream(audio, decoder, settings, appends_per_burst=1, pause_ms=500))
-
-    assert [e["type"] for e in events].count(
-        "conversation.item.input_audio_transcription.completed") == 1
-    by_start = sorted(decoder.decodes, key=lambda d: d.audio_s)  # one at a time here
-    pauses = [i for i, d in enumerate(by_start[:-1]) if d.urgent and not by_start[i + 1].urgent]
-    assert pauses, by_start
-    for i in pauses:
-        pause, after = by_start[i], by_start[i + 1]
-        regular = [d for d in by_start[:i] if not d.urgent]
-        spacing_s = max(settings.partial_every_s, 1.5 * regular[-1].seconds if regular else 0)
-        assert spacing_s < 1.5 * PAUSE_DECODE_EXTRA_S  # what the pause's decode would give
-        # One append (0.1 s) of rounding, and the session's own clock around the decode.
-        assert after.audio_s - pause.audio_s <= spacing_s + 0.1 + 0.05, (pause, after, regular)
 
 
 def test_without_continue_sent_text_every_decode_reads_the_whole_turn(

@@ -117,7 +117,7 @@ class OpenTurn:
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
     started_at: float = field(default_factory=time.monotonic)
-    last_decode_s: float = 0.0  # how long the last re-decode (not a pause's) took, end to end
+    last_decode_s: float = 0.0  # how long the last partial decode took, end to end
     urgent_started: bool = False  # a pause's decode runs beside a regular one
     first_delta_sent: bool = False
 
@@ -622,11 +622,7 @@ class RealtimeSession:
                               ends_in_pause: bool) -> None:
         started = time.monotonic()
         text = await self._decoder.partial(audio, options, turn.item_id, urgent=urgent)
-        if not urgent:
-            # A pause's decode reads the whole turn, twice a re-decode's work or more: it
-            # says nothing of what the next re-decode costs, and spacing re-decodes by it
-            # held the words after every pause back by half a second.
-            turn.last_decode_s = time.monotonic() - started
+        turn.last_decode_s = time.monotonic() - started
         whole = turn.segment_start == turn.start and options.text_prefix is None
         if whole and (turn.decoded is None or end > turn.decoded[0]):
             turn.decoded = (end, text)  # a slower, older decode never replaces a newer one
