@@ -164,6 +164,32 @@ def test_claims_take_the_oldest_and_expired_leases_move(open_store: OpenStore) -
     run(open_store, scenario)
 
 
+def test_a_claim_s_worker_finds_its_job_while_it_holds_the_lease(open_store: OpenStore) -> None:
+    """A claim whose answer was lost (a timeout) went through all the same: asking with its
+    worker finds the job, until the lease is someone else's or the job ends."""
+    async def scenario(store: JobStore) -> None:
+        await submit(store, job("a"))
+        await submit(store, job("b", created_at=T0 + 1))
+        assert await store.claimed_by("w1") is None
+
+        claimed = await store.claim("w1", LEASE, T0)
+        assert claimed.id == "a"
+        assert await store.claimed_by("w1") == claimed  # the same attempt
+        assert await store.claimed_by("w2") is None
+        assert (await store.claim("w2", LEASE, T0)).id == "b"
+        assert (await store.claimed_by("w2")).id == "b"
+
+        # w1's lease runs out and w3 takes the job over: it is no longer w1's.
+        taken = await store.claim("w3", LEASE, T0 + LEASE + 1)
+        assert (taken.id, taken.attempts) == ("a", 2)
+        assert await store.claimed_by("w1") is None
+        assert await store.claimed_by("w3") == taken
+        await store.finish("a", "w3", JobStatus.COMPLETED, b"r", None, T0 + LEASE + 2, T0 + 999)
+        assert await store.claimed_by("w3") is None
+
+    run(open_store, scenario)
+
+
 def test_chunks_survive_until_the_job_finishes(open_store: OpenStore) -> None:
     async def scenario(store: JobStore) -> None:
         await submit(store, job("j", callback_url="https://example.test/hook"))

@@ -195,6 +195,14 @@ redis.call('ZADD', base .. 'running', lease_until, best)
 return redis.call('HGETALL', key)
 """
 
+# ARGV: base, worker. Only after a claim's answer was lost: a walk over the running jobs.
+CLAIMED_BY = PRELUDE + """
+for _, id in ipairs(redis.call('ZRANGE', base .. 'running', 0, -1)) do
+  if held(id, ARGV[2]) then return redis.call('HGETALL', job_key(id)) end
+end
+return false
+"""
+
 # ARGV: base, id, worker, lease_until
 RENEW = PRELUDE + """
 local id = ARGV[2]
@@ -429,6 +437,7 @@ class RedisJobStore:
         self._base = key_prefix + "jobs:"
         script = self._redis.register_script
         self._submit, self._claim = script(SUBMIT), script(CLAIM)
+        self._claimed_by = script(CLAIMED_BY)
         self._renew, self._progress = script(RENEW), script(PROGRESS)
         self._save_chunk, self._release = script(SAVE_CHUNK), script(RELEASE)
         self._finish, self._cancel = script(FINISH), script(CANCEL)
@@ -484,6 +493,10 @@ class RedisJobStore:
     async def claim(self, worker: str, lease_s: float, now: float) -> JobRecord | None:
         flat = await self._call(self._claim(
             args=[self._base, worker, _num(now + lease_s), _num(now)]))
+        return _record(flat) if flat else None
+
+    async def claimed_by(self, worker: str) -> JobRecord | None:
+        flat = await self._call(self._claimed_by(args=[self._base, worker]))
         return _record(flat) if flat else None
 
     async def renew(self, job_id: str, worker: str, lease_s: float, now: float) -> bool:

@@ -101,6 +101,9 @@ class JobRunner:
         self._next_expiry = 0.0
         self._next_stats = 0.0
         self.last_error: str | None = None
+        # The token of a claim that raised (a timeout): Redis may have run it all the same,
+        # leasing a job to a token nothing here runs. Asked for before the next claim.
+        self._unanswered_claim: str | None = None
         self.backlog_audio_s = 0.0  # the store's, as last read (the autoscaling policy's)
 
     # ---- the loop -------------------------------------------------------------------
@@ -147,6 +150,8 @@ class JobRunner:
         if self._running and not self.draining and time.monotonic() >= self._next_state_check:
             self._next_state_check = time.monotonic() + DRAIN_POLL_S
             await self._check_draining()
+        if self._unanswered_claim is not None:
+            await self._take_up_unanswered_claim()
         while (len(self._running) < self._settings.concurrency
                and not self.draining
                and time.monotonic() >= self._pause_claims_until
@@ -154,7 +159,9 @@ class JobRunner:
             # A token per claim: a replica that takes up its own job again (its lease ran
             # out during a store outage) runs it once, and the old run stops.
             token = f"{self.worker}/{uuid.uuid4().hex[:8]}"
+            self._unanswered_claim = token
             record = await self.store.claim(token, self._settings.lease_s, time.time())
+            self._unanswered_claim = None
             if record is None:
                 break
             self._start_job(Lease(record, token))
@@ -164,6 +171,25 @@ class JobRunner:
             if record is None:
                 break
             self._start_callback(record)
+
+    async def _take_up_unanswered_claim(self) -> None:
+        """Run the job a claim that raised did lease, on the attempt it counted: otherwise
+        the job waits out its lease and its next claim counts another attempt (a claim
+        timed out once in CI while its replica was busy, and the job was on attempt 2)."""
+        token = self._unanswered_claim
+        record = await self.store.claimed_by(token)
+        self._unanswered_claim = None
+        if record is None:
+            return  # the claim did not go through, or its lease ran out meanwhile
+        # Its lease began at the lost claim: a full one from now, as a claim gives.
+        if not await self.store.renew(record.id, token, self._settings.lease_s, time.time()):
+            return
+        if self.draining:
+            await self.store.release(record.id, token, None)  # at once, not at the lease's end
+            return
+        logger.info("job_id=%s taken up from a claim whose answer was lost (attempt %d)",
+                    record.id, record.attempts)
+        self._start_job(Lease(record, token))
 
     async def refresh_gauges(self) -> None:
         stats = await self.store.stats(time.time())

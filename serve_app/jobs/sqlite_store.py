@@ -202,6 +202,14 @@ class SqliteJobStore:
 
         return await self._run(work)
 
+    async def claimed_by(self, worker: str) -> JobRecord | None:
+        def work(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute("SELECT record FROM jobs WHERE status = 'running' AND worker = ? "
+                               "LIMIT 1", (worker,)).fetchone()
+            return JobRecord.from_json(row[0]) if row else None
+
+        return await self._run(work, write=False)
+
     async def renew(self, job_id: str, worker: str, lease_s: float, now: float) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             return conn.execute(

@@ -46,6 +46,11 @@ class JobStore(Protocol):
         """The oldest queued job, or a running one whose lease ran out (its owner is gone),
         now running under `worker`'s lease with one more attempt; None when there is none."""
 
+    async def claimed_by(self, worker: str) -> JobRecord | None:
+        """The running job whose lease `worker` holds, if any. A claim whose answer was lost
+        (a timeout under load) may still have gone through: asking with its worker finds
+        that job, to run it on the same attempt instead of waiting out its lease."""
+
     async def renew(self, job_id: str, worker: str, lease_s: float, now: float) -> bool:
         """Extend the lease; False when the job is no longer this worker's (cancelled,
         deleted, or taken over after the lease ran out)."""
