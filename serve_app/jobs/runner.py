@@ -181,11 +181,11 @@ class JobRunner:
         self._unanswered_claim = None
         if record is None:
             return  # the claim did not go through, or its lease ran out meanwhile
-        # Its lease began at the lost claim: a full one from now, as a claim gives.
-        if not await self.store.renew(record.id, token, self._settings.lease_s, time.time()):
-            return
         if self.draining:
             await self.store.release(record.id, token, None)  # at once, not at the lease's end
+            return
+        # Its lease began at the lost claim: a full one from now, as a claim gives.
+        if not await self.store.renew(record.id, token, self._settings.lease_s, time.time()):
             return
         logger.info("job_id=%s taken up from a claim whose answer was lost (attempt %d)",
                     record.id, record.attempts)
