@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,8 @@ import httpx
 import numpy as np
 import soundfile as sf
 import yaml
+
+from serve_app.ports import free_port  # noqa: F401 - the benchmarks import it from here
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -75,12 +76,6 @@ def write_json(prefix: str, payload: dict, stamp: str | None = None) -> Path:
     path = RESULTS_DIR / f"{prefix}-{stamp or timestamp()}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, deadline_s: float, interval_s: float = 1.0, what: str = "condition"):

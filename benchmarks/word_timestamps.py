@@ -21,7 +21,6 @@ import difflib
 import re
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import httpx
 import numpy as np

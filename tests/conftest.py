@@ -11,7 +11,6 @@ import base64
 import copy
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,15 +20,11 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.ports import free_port  # noqa: F401 - tests import it from here
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / "data"
 READY_DEADLINE_S = 600  # model load + warm-up on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, deadline_s: float, interval_s: float = 0.5, what: str = "condition"):
