@@ -133,6 +133,23 @@ def deploy(config: dict) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
+def app_settled(name: str) -> bool:
+    """The application RUNNING and every deployment HEALTHY with only RUNNING replicas: a
+    rolling update done, no replica of an old version left to stop. A test that redeploys
+    waits for this, so the next test does not meet replicas of two versions."""
+    from ray import serve
+
+    def value(state) -> str:
+        return getattr(state, "value", state)  # Serve's enums print with their class name
+
+    app = serve.status().applications.get(name)
+    if app is None or value(app.status) != "RUNNING":
+        return False
+    return all(value(d.status) == "HEALTHY"
+               and {value(state) for state in d.replica_states} == {"RUNNING"}
+               for d in app.deployments.values())
+
+
 GLM_ROUTE = "/glm"
 GLM_API_KEY = "test-key-for-the-glm-app"
 GLM_OTHER_API_KEY = "another-test-key-for-the-glm-app"  # another client: sees none of the first's jobs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import READY_DEADLINE_S, wait_until
+from tests.conftest import READY_DEADLINE_S, app_settled, wait_until
 from tests.redis_server import skip_or_fail_without_redis
 from tests.speech import SAMPLE_RATE, load_fixture
 
@@ -181,3 +181,7 @@ def test_a_redeploy_gives_running_jobs_back_without_using_an_attempt(
         assert ended["attempts"] == 1, ended  # given back, not lost
         wait_until(lambda: not before & set(ingress_actor_names("shared")), READY_DEADLINE_S,
                    what="the old ingress replicas to be gone")
+        # Also any replica of the old version that was still starting when `before` was
+        # taken (CI once met one in the next module's test).
+        wait_until(lambda: app_settled("shared"), READY_DEADLINE_S,
+                   what="the shared app's rolling update to end")

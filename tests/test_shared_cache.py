@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import wait_until
+from tests.conftest import READY_DEADLINE_S, app_settled, wait_until
 from tests.redis_server import skip_or_fail_without_redis
 
 
@@ -20,6 +20,9 @@ from tests.redis_server import skip_or_fail_without_redis
 def shared(service_urls: dict) -> str:
     if "shared" not in service_urls:
         skip_or_fail_without_redis()
+    # Both replicas of one version: the outage test asks each what it saw.
+    wait_until(lambda: app_settled("shared"), READY_DEADLINE_S,
+               what="the shared app to be settled")
     return service_urls["shared"]
 
 
