@@ -3,16 +3,20 @@
     python -m benchmarks.live_decoding                      # espeak turns, then a monologue
     python -m benchmarks.live_decoding --seconds 90 --runs 3
     python -m benchmarks.live_decoding --no-monologue
+    python -m benchmarks.live_decoding --policies continued,strict
 
 A quick A/B tool for `serve_app.realtime` (two minutes a run, where benchmarks.realtime
 needs a service and ten): the real `RealtimeSession`, fed 100-ms appends at real-time pace,
 decodes through the demo model (Whisper base, INT8, trimmed windows, 2 torch threads, as
 configs/local.yaml) on one worker thread, the live lane's order without its priorities or
-the HTTP and Ray hops. Each run compares two policies (`realtime.continue_sent_text`),
-interleaved so that both see the same machine:
+the HTTP and Ray hops. Each run compares policies (--policies, by default `continued` and
+`whole`), interleaved so that all see the same machine:
 - `continued`: the service's default; a re-decode is given the words already sent and
   generates only what follows;
-- `whole`: every re-decode decodes the whole turn (sealed past 25 s).
+- `whole`: every re-decode decodes the whole turn (sealed past 25 s)
+  (`realtime.continue_sent_text` off);
+- `strict`: as `continued`, but a word two decodes hear differently holds back the words
+  after it until two decodes agree on it (no bridging: `partials.MAX_DISPUTED` 0).
 
 Streams: the espeak turns of benchmarks.realtime (1-3 sentences, 0.2-s gaps inside, 1.5 s
 of silence after; server_vad defaults) for --seconds, and a monologue: long_45s.wav (44 s,
@@ -38,11 +42,12 @@ from benchmarks import realtime as streams
 from benchmarks.common import REPO_ROOT, machine_info, write_json
 from serve_app.audio import SAMPLE_RATE
 from serve_app.config import RealtimeSettings
+from serve_app.realtime import partials
 from serve_app.realtime.session import RealtimeSession
 from serve_app.speech import SpeechDetector
 from tests.in_process_decoder import Decode, InProcessDecoder
 
-POLICIES = ("continued", "whole")
+POLICIES = ("continued", "whole", "strict")
 MONOLOGUE_PAUSE_MS = 2000
 
 
@@ -89,15 +94,18 @@ def turn_gaps(plan: streams.StreamPlan, events: list[tuple[float, dict]]) -> dic
             deltas.setdefault(event["item_id"], []).append((at, event["delta"]))
         elif event["type"] == "conversation.item.input_audio_transcription.completed":
             completed[event["item_id"]] = event["transcript"]
-    gaps, differing = [], []
+    gaps, per_turn, differing = [], [], []
     for turn, (item_id, transcript) in zip(plan.turns, completed.items()):
         start_s, end_s = turn.start / SAMPLE_RATE, turn.end / SAMPLE_RATE
         during = [at for at, _ in deltas.get(item_id, []) if at <= end_s]
-        gaps += np.diff([start_s, *during, end_s]).tolist()
+        # Per turn too: the first gap waits for the first delta, the last for the end.
+        per_turn.append([round(g, 3) for g in np.diff([start_s, *during, end_s]).tolist()])
+        gaps += per_turn[-1]
         said = "".join(delta for _, delta in deltas.get(item_id, []))
         if streams.normalize(said) != streams.normalize(transcript):
             differing.append({"deltas": said, "completed": transcript})
-    return {"gaps_s": gaps, "differing": differing, "turns": len(completed)}
+    return {"gaps_s": gaps, "turn_gaps_s": per_turn, "differing": differing,
+            "turns": len(completed)}
 
 
 def summary(result: dict, decodes: list[Decode]) -> dict:
@@ -118,7 +126,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0, help="espeak turns per run")
     parser.add_argument("--runs", type=int, default=1, help="A/B pairs, interleaved")
     parser.add_argument("--no-monologue", action="store_true")
+    parser.add_argument("--partial-every-s", type=float, default=None,
+                        help="realtime.partial_every_s for every policy (default: the "
+                        "service's)")
+    parser.add_argument("--policies", default="continued,whole",
+                        help=f"comma-separated, of {', '.join(POLICIES)}")
     args = parser.parse_args()
+    policies = args.policies.split(",")
+    if unknown := set(policies) - set(POLICIES):
+        parser.error(f"unknown policies: {', '.join(sorted(unknown))}")
 
     import torch
 
@@ -132,12 +148,16 @@ def main() -> None:
     plans = [("turns", streams.plan_stream(0, streams.sentences(), args.seconds), None)]
     if not args.no_monologue:
         plans.append(("monologue", monologue_plan(), MONOLOGUE_PAUSE_MS))
+    bridging = partials.MAX_DISPUTED
     rows = []
     for run in range(args.runs):
         for name, plan, pause_ms in plans:
-            for policy in POLICIES:
+            for policy in policies:
                 decoder = InProcessDecoder(backend, detector)
-                settings = RealtimeSettings(continue_sent_text=policy == "continued")
+                tuned = ({} if args.partial_every_s is None
+                         else {"partial_every_s": args.partial_every_s})
+                settings = RealtimeSettings(continue_sent_text=policy != "whole", **tuned)
+                partials.MAX_DISPUTED = 0 if policy == "strict" else bridging
                 result = asyncio.run(run_stream(plan, decoder, pause_ms, settings))
                 row = {"run": run, "stream": name, "policy": policy,
                        **summary(result, decoder.decodes), "raw": result}

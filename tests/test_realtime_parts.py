@@ -85,11 +85,32 @@ def test_text_is_sent_once_two_decodes_agree_and_never_taken_back() -> None:
     assert stable.update("The quick brown") == "The quick"  # "brown" may still change
     assert stable.update("The quick brown fax") == " brown"
     assert stable.update("The quack brown fox jumps") == ""  # disagrees with the last decode
-    assert stable.update("The quack brown fax jumps over") == ""  # "fox", then "fax"
-    assert stable.update("The quick brown fox jumps over the") == ""
-    assert stable.update("The quick brown fox jumps over the lazy") == " fox jumps over the"
+    # "fox", then "fax", and only one word after it that both heard: nothing yet.
+    assert stable.update("The quack brown fax jumps over") == ""
+    # Two words after the disputed one agree: the newer reading of it goes out with them.
+    assert stable.update("The quick brown fox jumps over the") == " fox jumps over"
+    assert stable.update("The quick brown fox jumps over the lazy") == " the"
     assert stable.finish("The quick brown fox jumps over the dog.") == " dog."
     assert stable.sent_text.strip() == "The quick brown fox jumps over the dog."
+
+
+def test_a_word_heard_two_ways_does_not_hold_back_the_words_after_it() -> None:
+    # Seen live: "nine" and "I and" stalled the deltas for 3.6 s until a third decode
+    # agreed with one of them.
+    stable = StableText()
+    stable.update("The train leaves from platform")
+    stable.update("The train leaves from platform nine every morning")
+    assert stable.sent_text == "The train leaves from platform"
+    assert stable.update("The train leaves from platform I and every morning she") == (
+        " I and every morning")
+    # A decode that drops a word the last one had is bridged the same way.
+    stable = StableText()
+    stable.update("she bought three red apples and")
+    assert stable.update("she bought three apples and two") == "she bought three apples and"
+    # More than MAX_DISPUTED words apart is no agreement.
+    stable = StableText()
+    stable.update("we should finish the report before")
+    assert stable.update("we could not find a report before the") == "we"
 
 
 def test_decodes_that_word_the_sent_part_differently_agree_on_what_follows() -> None:

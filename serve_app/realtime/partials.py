@@ -15,6 +15,12 @@ the same word whole in the next. When a decode words the sent part differently (
 heard again as "I'm"), what was sent is aligned to it and the delta goes on after the
 aligned part, so the deltas keep following the speech instead of stopping at the first
 disagreement.
+
+Two decodes that differ on a word or two and go on alike for BRIDGE_RUN words past them
+confirm those words too, with the newer decode's reading of the disputed ones (it heard
+more of what follows them). Without that, one word the two decodes hear differently
+("platform nine" and "platform I and") holds back every word after it until a third
+decode agrees, and the deltas stall for two decodes or more.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ _UNIT = re.compile(rf"\s*(?:[{_CJK}]|[^\s{_CJK}]+)")
 
 # How far the aligned end of the sent text may move against a plain count of units.
 MAX_SHIFT = 2
+# The most units, in either decode, that a disagreement bridged over may span, and how
+# many units the two decodes must share after it (0 disputed units: never bridged).
+MAX_DISPUTED = 2
+BRIDGE_RUN = 2
 
 
 def units(text: str) -> list[str]:
@@ -69,6 +79,30 @@ def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int] | None:
     return last.a + last.size, last.b + last.size
 
 
+def _bridged(earlier: list[str], newer: list[str], agreed: int) -> int:
+    """How far two decodes agree when a few disputed units may be passed over: `agreed`
+    (their common start, in `newer`'s units) moved past each dispute of at most
+    MAX_DISPUTED units in each decode that BRIDGE_RUN shared units follow."""
+    if MAX_DISPUTED == 0:
+        return agreed
+    blocks = [b for b in difflib.SequenceMatcher(None, earlier, newer, autojunk=False)
+              .get_matching_blocks() if b.size]
+    earlier_end = 0  # where the agreement so far ends in `earlier`
+    for block in blocks:
+        if block.b + block.size <= agreed:
+            earlier_end = block.a + block.size
+            continue
+        skip = max(0, agreed - block.b)  # a block that began inside the agreed part
+        start_a, start_b, size = block.a + skip, block.b + skip, block.size - skip
+        disputed_earlier, disputed_newer = start_a - earlier_end, start_b - agreed
+        if disputed_earlier < 0 or max(disputed_earlier, disputed_newer) > MAX_DISPUTED:
+            break
+        if disputed_earlier + disputed_newer and size < BRIDGE_RUN:
+            break
+        agreed, earlier_end = start_b + size, start_a + size
+    return agreed
+
+
 class StableText:
     """Deltas of one stretch of speech from successive decodes of it."""
 
@@ -93,7 +127,8 @@ class StableText:
         previous, self._previous = self._previous, keys
         start = self._after_sent(keys)
         candidates = keys[start:] if ends_in_pause else keys[start:-1]
-        agreed = _common_prefix(previous[self._after_sent(previous):], candidates)
+        earlier = previous[self._after_sent(previous):]
+        agreed = _bridged(earlier, candidates, _common_prefix(earlier, candidates))
         if not agreed:
             return ""
         return self._send(current[start:start + agreed])
