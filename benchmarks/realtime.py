@@ -5,6 +5,7 @@
     python -m benchmarks.realtime --url http://127.0.0.1:8000 --streams 1,2,4,8,16 --seconds 120
     python -m benchmarks.realtime --url http://127.0.0.1:8000 --streams 1,4 --with-files 2
     python -m benchmarks.realtime --url http://127.0.0.1:8000 --streams 1 --seconds 30   # smoke
+    python -m benchmarks.realtime --streams 1,2 --language auto     # language left to the model
 
 Each stream is a WebSocket session of OpenAI's Realtime protocol in transcription mode
 (`/v1/realtime?intent=transcription`, `session.update` with server_vad: threshold 0.5,
@@ -821,7 +822,15 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=3.0, help="idle seconds between runs")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the uncounted one-turn session before the first run")
+    parser.add_argument("--language", default="en",
+                        help="the sessions' transcription.language ('auto': none, the model "
+                        "detects it, as clients that leave it out)")
     args = parser.parse_args()
+    transcription = SESSION_UPDATE["session"]["audio"]["input"]["transcription"]
+    if args.language == "auto":
+        del transcription["language"]
+    else:
+        transcription["language"] = args.language
     counts = sorted({int(c) for c in args.streams.split(",") if c.strip()})
 
     service = nullcontext() if args.url else LocalService(config_path=args.config,

@@ -14,12 +14,14 @@ import numpy as np
 
 from serve_app.audio import SAMPLE_RATE
 from serve_app.backends.base import DecodeOptions
+from serve_app.realtime.decoding import Heard
 from serve_app.speech import SpeechDetector
 
 
 @dataclasses.dataclass
 class Decode:
     urgent: bool
+    language: str | None  # as asked for (None: the model detected it)
     text_prefix: str | None
     text: str
     audio_s: float
@@ -42,7 +44,7 @@ class InProcessDecoder:
     def options(language: str | None, prompt: str | None) -> DecodeOptions:
         return DecodeOptions(language=language, prompt=prompt)
 
-    async def _decode(self, audio: np.ndarray, options: DecodeOptions) -> str:
+    async def _decode(self, audio: np.ndarray, options: DecodeOptions) -> Heard:
         self.running += 1
         try:
             result, = await asyncio.get_running_loop().run_in_executor(
@@ -51,20 +53,20 @@ class InProcessDecoder:
             self.running -= 1
         if result.error:
             self.errors.append(result.error)
-            return ""
-        return result.text.strip()
+            return Heard("")
+        return Heard(result.text.strip(), result.language)
 
     async def partial(self, audio, options: DecodeOptions, item_id: str,
-                      urgent: bool = False) -> str:
+                      urgent: bool = False) -> Heard:
         if audio.size < SAMPLE_RATE // 10:  # as LiveDecoder
-            return ""
+            return Heard("")
         started = time.monotonic()
-        text = await self._decode(audio, options)
-        self.decodes.append(Decode(urgent, options.text_prefix, text,
+        heard = await self._decode(audio, options)
+        self.decodes.append(Decode(urgent, options.language, options.text_prefix, heard.text,
                                    audio.size / SAMPLE_RATE, time.monotonic() - started))
-        return text
+        return heard
 
-    async def final(self, audio, options: DecodeOptions, item_id: str) -> str:
+    async def final(self, audio, options: DecodeOptions, item_id: str) -> Heard:
         return await self._decode(audio, options)
 
     def observe_first_delta(self, seconds: float) -> None:

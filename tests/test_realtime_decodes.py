@@ -55,7 +55,8 @@ async def settled(decoder: InProcessDecoder) -> None:
         await asyncio.sleep(0.01)
 
 
-async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings):
+async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings,
+                 language: str | None = "en"):
     """The audio as 100-ms appends, each second's in one burst with no turn of the event
     loop between them (a client ahead of real time), then the decodes they started run.
     A burst reaches the turn's commit before the decodes it started have run, so those
@@ -69,10 +70,12 @@ async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: Realtim
     session = RealtimeSession(send, decoder, settings, "whisper-1",
                               accepts_model=lambda _: True, languages=("en",), beta=False)
     await session.start()
+    audio_input: dict = {"turn_detection": {"type": "server_vad",
+                                            "silence_duration_ms": PAUSE_MS}}
+    if language is not None:
+        audio_input["transcription"] = {"language": language}
     await session.handle({"type": "session.update", "session": {
-        "type": "transcription",
-        "audio": {"input": {"transcription": {"language": "en"}, "turn_detection": {
-            "type": "server_vad", "silence_duration_ms": PAUSE_MS}}}}})
+        "type": "transcription", "audio": {"input": audio_input}}})
     for k, chunk in enumerate(pcm24_appends(audio), start=1):
         await session.handle({"type": "input_audio_buffer.append", "audio": chunk})
         if k % APPENDS_PER_BURST == 0:
@@ -126,6 +129,25 @@ def test_without_continue_sent_text_every_decode_reads_the_whole_turn(
     assert all(d.text_prefix is None for d in decoder.decodes)
     assert word_error_rate([said], completed) < 0.2
 
+
+
+def test_without_a_language_re_decodes_take_the_last_turns(backend) -> None:
+    # Left to detect the language, the first decodes of a turn (half a second of it) were
+    # heard as Japanese; once a turn is transcribed, the next turns' re-decodes are given
+    # its language. A pause's decode, which may be the final one, still detects it.
+    first, second = load_fixture("fox_dog.wav"), load_fixture("train.wav")
+    between = silence(PAUSE_MS / 1000 + 1)
+    audio = np.concatenate([silence(0.3), first.audio, between, second.audio, between])
+    decoder = InProcessDecoder(backend, SpeechDetector())
+
+    _, completed = texts(asyncio.run(stream(audio, decoder, RealtimeSettings(), language=None)))
+
+    assert word_error_rate([first.text, second.text], completed) < 0.2
+    regular = [d.language for d in decoder.decodes if not d.urgent]
+    switched = regular.index("en")  # the second turn's re-decodes
+    assert switched > 0 and set(regular[:switched]) == {None}, regular
+    assert set(regular[switched:]) == {"en"}, regular
+    assert {d.language for d in decoder.decodes if d.urgent} == {None}
 
 
 def test_a_long_turn_set_aside_in_parts_sends_each_word_once(backend, turn_audio) -> None:

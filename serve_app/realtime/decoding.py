@@ -9,6 +9,7 @@ turn as `Priority.LIVE_PARTIAL` behind them.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,14 @@ from serve_app.speech.silero import SileroStream
 from serve_app.transcriber import Transcriber
 
 logger = logging.getLogger("ray.serve")
+
+
+class Heard(NamedTuple):
+    """A decode's text, and the language the model heard it in (None where the model does
+    not say: GLM-ASR detects none)."""
+
+    text: str
+    language: str | None = None
 
 
 class LiveDecoder:
@@ -57,14 +66,14 @@ class LiveDecoder:
         return DecodeOptions(language=language, prompt=prompt)
 
     async def partial(self, audio: np.ndarray, options: DecodeOptions, item_id: str,
-                      urgent: bool = False) -> str:
+                      urgent: bool = False) -> Heard:
         """The growing turn decoded once, in one chunk (best effort: a failure sends no
         delta, and the final decode reports it). `urgent`: the speaker has paused, and
         this decode may be the turn's final one. With `options.text_prefix` the decoder
         continues the words already sent, and the text comes back with them."""
         priority = Priority.LIVE if urgent else Priority.LIVE_PARTIAL
         if audio.size < SAMPLE_RATE // 10:
-            return ""
+            return Heard("")
         audio = apply_gain(audio, model_gain(audio))  # quiet speakers, as files' chunks
         self._metrics.model_chunks.inc()
         try:
@@ -76,10 +85,10 @@ class LiveDecoder:
         except Exception as exc:  # noqa: BLE001 - the turn's final decode reports failures
             logger.warning("request_id=%s/%s partial decode failed: %r",
                            self._request_id, item_id, exc)
-            return ""
-        return "" if result.error else result.text.strip()
+            return Heard("")
+        return Heard("") if result.error else Heard(result.text.strip(), result.language)
 
-    async def final(self, audio: np.ndarray, options: DecodeOptions, item_id: str) -> str:
+    async def final(self, audio: np.ndarray, options: DecodeOptions, item_id: str) -> Heard:
         """The whole turn through the file pipeline (speech found, split at pauses past the
         model's window, merged): the authoritative transcript."""
         request_id = f"{self._request_id}/{item_id}"
@@ -100,7 +109,7 @@ class LiveDecoder:
         finally:
             reservation.release()
         self._metrics.audio_seconds_transcribed.inc(max(audio.size / SAMPLE_RATE, 1e-9))
-        return transcription.text
+        return Heard(transcription.text, transcription.language)
 
     def observe_first_delta(self, seconds: float) -> None:
         self._metrics.live_first_delta.observe(seconds)

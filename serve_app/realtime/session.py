@@ -27,7 +27,7 @@ from serve_app.backends.base import DecodeOptions
 from serve_app.config import RealtimeSettings
 from serve_app.realtime.audio_input import BETA_FORMATS, GA_FORMATS, AudioInput
 from serve_app.realtime.buffer import SessionAudio, ms, samples_at
-from serve_app.realtime.decoding import LiveDecoder
+from serve_app.realtime.decoding import Heard, LiveDecoder
 from serve_app.realtime.events import (
     CLIENT_EVENT_TYPES,
     CLIENT_EVENTS,
@@ -112,7 +112,7 @@ class OpenTurn:
     decoded_to: int = 0  # session sample the last partial decode reached
     # The text of a decode of the whole turn up to a sample (None once sealed or before
     # any): when it reaches past the end of speech it is the turn's final transcript.
-    decoded: tuple[int, str] | None = None
+    decoded: tuple[int, Heard] | None = None
     newest_decode_end: int = 0  # session sample the newest decode whose text was used reached
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
@@ -154,6 +154,11 @@ class RealtimeSession:
         self._vad_origin = 0  # session sample where the current detector started
         self._next_item_id = new_id("item")
         self._previous_item_id: str | None = None
+        # The language of the last turn the model transcribed, for the re-decodes of the
+        # next turns when the client names none: a decode of the first half second of a
+        # turn, left to detect it, often hears another language (Whisper base heard
+        # English as Japanese), and nothing agrees with it.
+        self._heard_language: str | None = None
         self._turn: OpenTurn | None = None
         self._partial: asyncio.Task | None = None
         self._last_final: asyncio.Task | None = None
@@ -516,17 +521,21 @@ class RealtimeSession:
         self, audio: np.ndarray, item_id: str, sent: list[str],
         previous: asyncio.Task | None, committed_at: float, reuse=None,
     ) -> None:
-        text, error = None, None
+        heard, error = None, None
         if reuse is not None:
             turn, covering, speech_end = reuse
             await asyncio.gather(asyncio.shield(covering), return_exceptions=True)
-            if turn.decoded is not None and turn.decoded[0] >= speech_end and turn.decoded[1]:
-                text = turn.decoded[1]
-        if text is None:  # no decode covers the turn, or it failed: the file pipeline
+            if (turn.decoded is not None and turn.decoded[0] >= speech_end
+                    and turn.decoded[1].text):
+                heard = turn.decoded[1]
+        if heard is None:  # no decode covers the turn, or it failed: the file pipeline
             try:
-                text = await self._decoder.final(audio, self._options(), item_id)
+                heard = await self._decoder.final(audio, self._options(), item_id)
             except RealtimeError as exc:
-                text, error = "", exc
+                heard, error = Heard(""), exc
+        text = heard.text
+        if text and heard.language:
+            self._heard_language = heard.language
         if previous is not None:  # completed events in turn order
             await asyncio.gather(asyncio.shield(previous), return_exceptions=True)
         if error is not None:
@@ -551,8 +560,14 @@ class RealtimeSession:
             "conversation.item.input_audio_transcription.delta", item_id=item_id,
             content_index=0, delta=delta))
 
-    def _options(self):
-        return self._decoder.options(self.config.language, self.config.prompt)
+    def _options(self, follow_heard_language: bool = False):
+        """Decoding options from the session's config. `follow_heard_language`: a re-decode
+        of a growing turn; with no language configured it takes the last turn's. A decode
+        that may be a turn's final one still detects the language itself."""
+        language = self.config.language
+        if language is None and follow_heard_language:
+            language = self._heard_language
+        return self._decoder.options(language, self.config.prompt)
 
     # ---- partial results while the speaker talks --------------------------------------
 
@@ -608,7 +623,7 @@ class RealtimeSession:
         # A re-decode continues the words already sent (half the work of decoding the turn
         # again: docs/performance.md). A pause's decode does not: it may be the final one,
         # and the final transcript is the model's own reading of the whole turn.
-        options = self._options()
+        options = self._options(follow_heard_language=not urgent)
         if not urgent and self._settings.continue_sent_text and turn.stable.sent:
             options = replace(options, text_prefix=turn.stable.sent_text)
         audio = self._audio.slice(turn.segment_start, end)
@@ -621,11 +636,14 @@ class RealtimeSession:
                               options: DecodeOptions, urgent: bool,
                               ends_in_pause: bool) -> None:
         started = time.monotonic()
-        text = await self._decoder.partial(audio, options, turn.item_id, urgent=urgent)
+        heard = await self._decoder.partial(audio, options, turn.item_id, urgent=urgent)
+        text = heard.text
         turn.last_decode_s = time.monotonic() - started
-        whole = turn.segment_start == turn.start and options.text_prefix is None
+        # Only a decode that detected its language may stand as the final transcript.
+        whole = (turn.segment_start == turn.start and options.text_prefix is None
+                 and options.language == self.config.language)
         if whole and (turn.decoded is None or end > turn.decoded[0]):
-            turn.decoded = (end, text)  # a slower, older decode never replaces a newer one
+            turn.decoded = (end, heard)  # a slower, older decode never replaces a newer one
         if self._turn is not turn:
             return  # the turn was committed meanwhile: its final decode takes over
         if end < turn.newest_decode_end:
@@ -644,7 +662,8 @@ class RealtimeSession:
     async def _seal(self, turn: OpenTurn, cut: int, audio: np.ndarray) -> None:
         """Decode the long turn's part up to its deepest recent pause (`cut`) once, send
         what it adds, and go on decoding only what follows, as a long file is split."""
-        text = await self._decoder.partial(audio, self._options(), turn.item_id)
+        text = (await self._decoder.partial(
+            audio, self._options(follow_heard_language=True), turn.item_id)).text
         if self._turn is not turn or not text:
             return  # committed meanwhile, or the decode failed: nothing is set aside
         delta = turn.stable.finish(text)
