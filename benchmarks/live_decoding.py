@@ -167,6 +167,7 @@ def main() -> None:
                       f"re-decodes of {row['regular_audio_s_mean']:.1f} s in "
                       f"{row['regular_seconds_mean']:.2f} s; deltas differ from completed "
                       f"in {row['deltas_differ']}/{row['turns']} turns", flush=True)
+    partials.MAX_DISPUTED = bridging
     path = write_json("live-decoding", {"machine": machine_info(), "args": vars(args),
                                         "rows": rows})
     print(f"wrote {path}")

@@ -36,7 +36,11 @@ def private_port_range() -> range:
     low, high = ephemeral_range()
     if low - PRIVATE_RANGE_START >= 1_000:
         return range(PRIVATE_RANGE_START, low)
-    return range(max(high + 1, PRIVATE_RANGE_START), 65_536)
+    above = range(max(high + 1, PRIVATE_RANGE_START), 65_536)
+    if not above:
+        raise RuntimeError(f"the ephemeral port range {low}-{high} leaves no private ports "
+                           f"above {PRIVATE_RANGE_START}")
+    return above
 
 
 def bindable(port: int) -> bool:

@@ -56,7 +56,7 @@ async def settled(decoder: InProcessDecoder) -> None:
 
 
 async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings,
-                 language: str | None = "en"):
+                 language: str | None = "en", languages: tuple[str, ...] = ("en",)):
     """The audio as 100-ms appends, each second's in one burst with no turn of the event
     loop between them (a client ahead of real time), then the decodes they started run.
     A burst reaches the turn's commit before the decodes it started have run, so those
@@ -68,7 +68,7 @@ async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: Realtim
         events.append(event)
 
     session = RealtimeSession(send, decoder, settings, "whisper-1",
-                              accepts_model=lambda _: True, languages=("en",), beta=False)
+                              accepts_model=lambda _: True, languages=languages, beta=False)
     await session.start()
     audio_input: dict = {"turn_detection": {"type": "server_vad",
                                             "silence_duration_ms": PAUSE_MS}}
@@ -131,23 +131,41 @@ def test_without_continue_sent_text_every_decode_reads_the_whole_turn(
 
 
 
-def test_without_a_language_re_decodes_take_the_last_turns(backend) -> None:
-    # Left to detect the language, the first decodes of a turn (half a second of it) were
-    # heard as Japanese; once a turn is transcribed, the next turns' re-decodes are given
-    # its language. A pause's decode, which may be the final one, still detects it.
+@pytest.fixture(scope="module")
+def two_turns() -> tuple[np.ndarray, list[str]]:
     first, second = load_fixture("fox_dog.wav"), load_fixture("train.wav")
     between = silence(PAUSE_MS / 1000 + 1)
-    audio = np.concatenate([silence(0.3), first.audio, between, second.audio, between])
+    return (np.concatenate([silence(0.3), first.audio, between, second.audio, between]),
+            [first.text, second.text])
+
+
+def test_without_a_language_re_decodes_take_the_last_turns(backend, two_turns) -> None:
+    # Left to detect the language, the first decodes of a turn (half a second of it) were
+    # heard as Japanese; once a decode of 2 s or more has detected it, the re-decodes after
+    # it are given that language. A pause's decode, which may be the final one, and the
+    # final decode still detect it.
+    audio, said = two_turns
     decoder = InProcessDecoder(backend, SpeechDetector())
 
     _, completed = texts(asyncio.run(stream(audio, decoder, RealtimeSettings(), language=None)))
 
-    assert word_error_rate([first.text, second.text], completed) < 0.2
+    assert word_error_rate(said, completed) < 0.2
     regular = [d.language for d in decoder.decodes if not d.urgent]
-    switched = regular.index("en")  # the second turn's re-decodes
+    switched = regular.index("en")  # by the second turn's re-decodes at the latest
     assert switched > 0 and set(regular[:switched]) == {None}, regular
     assert set(regular[switched:]) == {"en"}, regular
     assert {d.language for d in decoder.decodes if d.urgent} == {None}
+
+
+def test_a_model_that_takes_no_language_is_never_given_one(backend, two_turns) -> None:
+    # An English-only Whisper reports "en" and refuses to be given a language: its
+    # sessions list no languages, and their re-decodes must go on detecting.
+    audio, _ = two_turns
+    decoder = InProcessDecoder(backend, SpeechDetector())
+
+    asyncio.run(stream(audio, decoder, RealtimeSettings(), language=None, languages=()))
+
+    assert {d.language for d in decoder.decodes} == {None}
 
 
 def test_a_long_turn_set_aside_in_parts_sends_each_word_once(backend, turn_audio) -> None:

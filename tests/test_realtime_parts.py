@@ -107,6 +107,11 @@ def test_a_word_heard_two_ways_does_not_hold_back_the_words_after_it() -> None:
     stable = StableText()
     stable.update("she bought three red apples and")
     assert stable.update("she bought three apples and two") == "she bought three apples and"
+    # The last sent word heard again as two is not bridged: "I'm am" would be sent.
+    stable = StableText()
+    stable.sent = units("so I'm")
+    stable.update("so I'm every day we")
+    assert stable.update("so I am every day we go") == ""
     # More than MAX_DISPUTED words apart is no agreement.
     stable = StableText()
     stable.update("we should finish the report before")

@@ -97,6 +97,11 @@ def _bridged(earlier: list[str], newer: list[str], agreed: int) -> int:
         disputed_earlier, disputed_newer = start_a - earlier_end, start_b - agreed
         if disputed_earlier < 0 or max(disputed_earlier, disputed_newer) > MAX_DISPUTED:
             break
+        if earlier_end == 0 and disputed_earlier == 0 and disputed_newer:
+            # Words only the newer decode has, right after the sent text: more often the
+            # last sent word heard again as two ("I'm" as "I am") than a word the earlier
+            # decode missed, and bridging would send it twice.
+            break
         if disputed_earlier + disputed_newer and size < BRIDGE_RUN:
             break
         agreed, earlier_end = start_b + size, start_a + size

@@ -68,6 +68,8 @@ SMOOTH_WINDOWS = 9  # ~0.3 s
 PAUSE_DECODE_WINDOWS = 4
 PAUSE_DECODE_LEAD_MS = 500
 END_MARGIN_WINDOWS = 2
+# A language detected on this much of a turn's audio is given to later re-decodes.
+LANGUAGE_FROM_S = 2.0
 # Turns committed and not yet transcribed, per session, before the reader waits.
 MAX_PENDING_TURNS = 3
 # Where a refused field is, in each dialect's session shape (OpenAI's `param`).
@@ -534,10 +536,9 @@ class RealtimeSession:
             except RealtimeError as exc:
                 heard, error = Heard(""), exc
         text = heard.text
-        if text and heard.language:
-            self._heard_language = heard.language
         if previous is not None:  # completed events in turn order
             await asyncio.gather(asyncio.shield(previous), return_exceptions=True)
+        self._note_language(heard, audio.size)  # after the turns before it
         if error is not None:
             await self._send(server_event(
                 "conversation.item.input_audio_transcription.failed", item_id=item_id,
@@ -559,6 +560,15 @@ class RealtimeSession:
         await self._send(server_event(
             "conversation.item.input_audio_transcription.delta", item_id=item_id,
             content_index=0, delta=delta))
+
+    def _note_language(self, heard: Heard, samples: int) -> None:
+        """Remember the language of a decode that detected it on at least LANGUAGE_FROM_S
+        of audio (short decodes are where the model mishears it), if the session's model
+        takes it as a language to decode in (an English-only Whisper names "en" and
+        refuses it)."""
+        if (heard.text and heard.language in self._languages
+                and samples >= LANGUAGE_FROM_S * SAMPLE_RATE):
+            self._heard_language = heard.language
 
     def _options(self, follow_heard_language: bool = False):
         """Decoding options from the session's config. `follow_heard_language`: a re-decode
@@ -644,6 +654,8 @@ class RealtimeSession:
                  and options.language == self.config.language)
         if whole and (turn.decoded is None or end > turn.decoded[0]):
             turn.decoded = (end, heard)  # a slower, older decode never replaces a newer one
+            # A speaker who switched languages: the rest of the turn follows at once.
+            self._note_language(heard, audio.size)
         if self._turn is not turn:
             return  # the turn was committed meanwhile: its final decode takes over
         if end < turn.newest_decode_end:
