@@ -135,8 +135,9 @@ def deploy(config: dict) -> None:
 
 def app_settled(name: str) -> bool:
     """The application RUNNING and every deployment HEALTHY with only RUNNING replicas (or
-    none, scaled to zero): a rolling update done, no replica of an old version left to stop. A test that redeploys
-    waits for this, so the next test does not meet replicas of two versions."""
+    none, scaled to zero): a rolling update done, no replica of an old version left to
+    stop. A test that redeploys waits for this, so the next test does not meet replicas
+    of two versions."""
     from ray import serve
 
     def value(state) -> str:

@@ -68,11 +68,17 @@ def _common_prefix(reference: list[str], keys: list[str]) -> int:
     return agreed
 
 
+def _matching_blocks(a: list[str], b: list[str]) -> list[difflib.Match]:
+    """The runs of units two key lists share, in order (difflib's closing empty one left
+    out)."""
+    return [m for m in difflib.SequenceMatcher(None, a, b, autojunk=False)
+            .get_matching_blocks() if m.size]
+
+
 def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int] | None:
     """Where the last run of units common to the sent keys and a decode's keys ends, in
     each (None when they share none)."""
-    blocks = [b for b in difflib.SequenceMatcher(None, sent, keys, autojunk=False)
-              .get_matching_blocks() if b.size]
+    blocks = _matching_blocks(sent, keys)
     if not blocks:
         return None
     last = blocks[-1]
@@ -85,10 +91,8 @@ def _bridged(earlier: list[str], newer: list[str], agreed: int) -> int:
     MAX_DISPUTED units in each decode that BRIDGE_RUN shared units follow."""
     if MAX_DISPUTED == 0:
         return agreed
-    blocks = [b for b in difflib.SequenceMatcher(None, earlier, newer, autojunk=False)
-              .get_matching_blocks() if b.size]
     earlier_end = 0  # where the agreement so far ends in `earlier`
-    for block in blocks:
+    for block in _matching_blocks(earlier, newer):
         if block.b + block.size <= agreed:
             earlier_end = block.a + block.size
             continue

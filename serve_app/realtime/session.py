@@ -156,10 +156,10 @@ class RealtimeSession:
         self._vad_origin = 0  # session sample where the current detector started
         self._next_item_id = new_id("item")
         self._previous_item_id: str | None = None
-        # The language of the last turn the model transcribed, for the re-decodes of the
-        # next turns when the client names none: a decode of the first half second of a
-        # turn, left to detect it, often hears another language (Whisper base heard
-        # English as Japanese), and nothing agrees with it.
+        # The language the last long enough decode detected (_note_language), for the
+        # re-decodes after it when the client names none: a decode of the first half
+        # second of a turn, left to detect it, often hears another language (Whisper base
+        # heard English as Japanese), and nothing agrees with it.
         self._heard_language: str | None = None
         self._turn: OpenTurn | None = None
         self._partial: asyncio.Task | None = None
@@ -572,8 +572,8 @@ class RealtimeSession:
 
     def _options(self, follow_heard_language: bool = False):
         """Decoding options from the session's config. `follow_heard_language`: a re-decode
-        of a growing turn; with no language configured it takes the last turn's. A decode
-        that may be a turn's final one still detects the language itself."""
+        of a growing turn; with no language configured it takes the one last noted. A
+        decode that may be a turn's final one still detects the language itself."""
         language = self.config.language
         if language is None and follow_heard_language:
             language = self._heard_language
