@@ -16,14 +16,17 @@ the HTTP and Ray hops. Each run compares policies (--policies, by default `conti
 - `whole`: every re-decode decodes the whole turn (sealed past 25 s)
   (`realtime.continue_sent_text` off);
 - `strict`: as `continued`, but a word two decodes hear differently holds back the words
-  after it until two decodes agree on it (no bridging: `partials.MAX_DISPUTED` 0).
+  after it until two decodes agree on it (no bridging: `partials.MAX_DISPUTED` 0);
+- `agreed`: as `continued`, but only text two decodes agree on is sent, however long the
+  speaker waits (`realtime.delta_deadline_s` null).
 
 Streams: the espeak turns of benchmarks.realtime (1-3 sentences, 0.2-s gaps inside, 1.5 s
 of silence after; server_vad defaults) for --seconds, and a monologue: long_45s.wav (44 s,
 1.4-s pauses) as one turn with silence_duration_ms 2000. Per stream: the gaps between
 deltas while a turn is spoken (its start to the first delta, delta to delta, the last to
 its end of speech), the decodes' lengths and times, and the turns whose deltas differ from
-their `completed` transcript. The monologue's own final decode is one 44-s chunk, which
+their `completed` transcript, and the word error rates of the deltas and of `completed`
+against the text spoken. The monologue's own final decode is one 44-s chunk, which
 the backend refuses (over 30 s), so its `completed` is empty here; the service splits it
 as a file (not measured here). Results go to
 benchmarks/results/live-decoding-<time>.json.
@@ -47,7 +50,7 @@ from serve_app.realtime.session import RealtimeSession
 from serve_app.speech import SpeechDetector
 from tests.in_process_decoder import Decode, InProcessDecoder
 
-POLICIES = ("continued", "whole", "strict")
+POLICIES = ("continued", "whole", "strict", "agreed")
 MONOLOGUE_PAUSE_MS = 2000
 
 
@@ -94,7 +97,7 @@ def turn_gaps(plan: streams.StreamPlan, events: list[tuple[float, dict]]) -> dic
             deltas.setdefault(event["item_id"], []).append((at, event["delta"]))
         elif event["type"] == "conversation.item.input_audio_transcription.completed":
             completed[event["item_id"]] = event["transcript"]
-    gaps, per_turn, differing = [], [], []
+    gaps, per_turn, differing, spoken, heard, final = [], [], [], [], [], []
     for turn, (item_id, transcript) in zip(plan.turns, completed.items()):
         start_s, end_s = turn.start / SAMPLE_RATE, turn.end / SAMPLE_RATE
         during = [at for at, _ in deltas.get(item_id, []) if at <= end_s]
@@ -102,10 +105,16 @@ def turn_gaps(plan: streams.StreamPlan, events: list[tuple[float, dict]]) -> dic
         per_turn.append([round(g, 3) for g in np.diff([start_s, *during, end_s]).tolist()])
         gaps += per_turn[-1]
         said = "".join(delta for _, delta in deltas.get(item_id, []))
+        spoken.append(turn.text)
+        heard.append(said)
+        final.append(transcript)
         if streams.normalize(said) != streams.normalize(transcript):
             differing.append({"deltas": said, "completed": transcript})
     return {"gaps_s": gaps, "turn_gaps_s": per_turn, "differing": differing,
-            "turns": len(completed)}
+            "turns": len(completed),
+            # Over all turns as one text, so a long turn weighs as much as its words.
+            "deltas_wer": streams.wer(" ".join(spoken), " ".join(heard)),
+            "completed_wer": streams.wer(" ".join(spoken), " ".join(final))}
 
 
 def summary(result: dict, decodes: list[Decode]) -> dict:
@@ -118,6 +127,7 @@ def summary(result: dict, decodes: list[Decode]) -> dict:
         "regular_audio_s_mean": statistics.fmean(d.audio_s for d in regular),
         "regular_seconds_mean": statistics.fmean(d.seconds for d in regular),
         "turns": result["turns"], "deltas_differ": len(result["differing"]),
+        "deltas_wer": result["deltas_wer"], "completed_wer": result["completed_wer"],
     }
 
 
@@ -156,6 +166,8 @@ def main() -> None:
                 decoder = InProcessDecoder(backend, detector)
                 tuned = ({} if args.partial_every_s is None
                          else {"partial_every_s": args.partial_every_s})
+                if policy == "agreed":
+                    tuned["delta_deadline_s"] = None
                 settings = RealtimeSettings(continue_sent_text=policy != "whole", **tuned)
                 partials.MAX_DISPUTED = 0 if policy == "strict" else bridging
                 result = asyncio.run(run_stream(plan, decoder, pause_ms, settings))
@@ -166,7 +178,9 @@ def main() -> None:
                       f"≤1s {row['gaps_within_1s']:.2f}, max {row['gap_max_s']:.2f} s; "
                       f"re-decodes of {row['regular_audio_s_mean']:.1f} s in "
                       f"{row['regular_seconds_mean']:.2f} s; deltas differ from completed "
-                      f"in {row['deltas_differ']}/{row['turns']} turns", flush=True)
+                      f"in {row['deltas_differ']}/{row['turns']} turns; WER deltas "
+                      f"{row['deltas_wer']:.3f}, completed {row['completed_wer']:.3f}",
+                      flush=True)
     partials.MAX_DISPUTED = bridging
     path = write_json("live-decoding", {"machine": machine_info(), "args": vars(args),
                                         "rows": rows})

@@ -527,6 +527,8 @@ def turn_results(run: StreamRun) -> tuple[list[dict], dict]:
             "text": turn.text, "status": status, "items": [it.id for it in mine],
             "transcript": transcript,
             "wer": wer(turn.text, transcript) if transcript is not None else None,
+            # What the deltas spelled (the final decode's remainder included).
+            "deltas_text": "".join(text for _, text in deltas),
             "final_latency_s": max(finals) - last_sent
             if complete and last_sent is not None else None,
             "first_delta_s": deltas[0][0] - first_sent
@@ -679,6 +681,7 @@ def summarise(turns: list[dict], streams: list[dict]) -> dict:
                                                 if t["committed_to_final_s"] is not None], 50),
         "wer_mean": float(np.mean(wers)) if wers else None,
         "wer_corpus": corpus_wer([(t["text"], t["transcript"] or "") for t in turns]),
+        "deltas_wer_corpus": corpus_wer([(t["text"], t["deltas_text"]) for t in turns]),
         "max_lag_s": max_lag,
         "oddities": sum(len(s["oddities"]) for s in streams),
         "errors": sum(len(s["errors"]) for s in streams),
@@ -738,14 +741,15 @@ def table(phases: list[dict]) -> str:
             f"{'final p50':>9} {'p95':>6} {'max':>6} | {'1st delta p50':>13} {'p95':>6} "
             f"{'max':>6} | {'gap p50':>7} {'≤1s':>4} {'gap max':>7} {'wait max':>8} | "
             f"{'stop':>5} {'c->f':>5} | "
-            f"{'WER':>5} | {'lag max':>7} | ok")
+            f"{'WER':>5} {'Δ WER':>5} | {'lag max':>7} | ok")
     lines = [head, "-" * len(head)]
     legend = textwrap.fill(
         "seconds; final / 1st delta: from the send of the turn's last / first speech sample; "
         "gap p50: median gap between two deltas during speech, ≤1s: the share of gaps of at "
         "most a second; gap max: the longest; wait max: the same counted from "
         "the first to the last speech sample; stop: p50 end of speech -> speech_stopped; "
-        "c->f: p50 committed -> completed; WER: mean per turn; lag max: how far a sender fell "
+        "c->f: p50 committed -> completed; WER: mean per turn; Δ WER: of the deltas joined, over all "
+        "turns; lag max: how far a sender fell "
         "behind real time; ok: within the target", width=100)
     for p in phases:
         s = p["summary"]
@@ -757,7 +761,8 @@ def table(phases: list[dict]) -> str:
             f"{fmt(s['delta_gaps_within_1s']):>4} {fmt(s['max_delta_gap_max_s']):>7} "
             f"{fmt(s['longest_wait_max_s']):>8} | "
             f"{fmt(s['speech_stopped_p50_s']):>5} {fmt(s['committed_to_final_p50_s']):>5} | "
-            f"{fmt(s['wer_mean'], 3):>5} | {fmt(s['max_lag_s']):>7} | "
+            f"{fmt(s['wer_mean'], 3):>5} {fmt(s['deltas_wer_corpus'], 3):>5} | "
+            f"{fmt(s['max_lag_s']):>7} | "
             f"{'yes' if s['within_target'] else 'NO'}")
     return "\n".join(lines + [legend])
 

@@ -26,6 +26,7 @@ from tests.speech import load_fixture, normalize, word_error_rate
 TURN = ("fox_dog.wav", "train.wav", "groceries.wav")  # one turn of ~12 s
 PAUSE_MS = 1500  # the files' own silences do not end the turn
 APPENDS_PER_BURST = 10  # 1 s of 100-ms appends between waits for the decodes to finish
+BURST = "test.burst"  # marks, among the session's events, where each burst's decodes ended
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +57,14 @@ async def settled(decoder: InProcessDecoder) -> None:
 
 
 async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: RealtimeSettings,
-                 language: str | None = "en", languages: tuple[str, ...] = ("en",)):
-    """The audio as 100-ms appends, each second's in one burst with no turn of the event
-    loop between them (a client ahead of real time), then the decodes they started run.
+                 language: str | None = "en", languages: tuple[str, ...] = ("en",),
+                 appends_per_burst: int = APPENDS_PER_BURST):
+    """The audio as 100-ms appends, each second's (by default) in one burst with no turn of
+    the event loop between them (a client ahead of real time), then the decodes they started run.
     A burst reaches the turn's commit before the decodes it started have run, so those
     must read the audio of their moment: they once read it after the commit had dropped
-    it, and the turn's transcript was Whisper's "you" for silence."""
+    it, and the turn's transcript was Whisper's "you" for silence. After each burst's
+    decodes, a BURST event says how many seconds of audio have been sent."""
     events: list[dict] = []
 
     async def send(event: dict) -> None:
@@ -78,8 +81,9 @@ async def stream(audio: np.ndarray, decoder: InProcessDecoder, settings: Realtim
         "type": "transcription", "audio": {"input": audio_input}}})
     for k, chunk in enumerate(pcm24_appends(audio), start=1):
         await session.handle({"type": "input_audio_buffer.append", "audio": chunk})
-        if k % APPENDS_PER_BURST == 0:
+        if k % appends_per_burst == 0:
             await settled(decoder)
+            events.append({"type": BURST, "seconds": k / 10})
     await session.finish_open_turn()
     await session.close()
     return events
@@ -129,6 +133,60 @@ def test_without_continue_sent_text_every_decode_reads_the_whole_turn(
     assert all(d.text_prefix is None for d in decoder.decodes)
     assert word_error_rate([said], completed) < 0.2
 
+
+
+def speech_spans(audio: np.ndarray, longest_gap_s: float = 0.25) -> list[tuple[float, float]]:
+    """Where the fixtures speak, in seconds (espeak's pauses are digital silence): 10-ms
+    frames with sound, joined across gaps between words."""
+    frames = np.abs(audio[: audio.size // 160 * 160]).reshape(-1, 160).max(axis=1) > 0.01
+    spans: list[list[float]] = []
+    for at in np.flatnonzero(frames) / 100:
+        if spans and at - spans[-1][1] <= longest_gap_s:
+            spans[-1][1] = at + 0.01
+        else:
+            spans.append([at, at + 0.01])
+    return [(start, end) for start, end in spans]
+
+
+def quiet_bursts(events: list[dict], spans: list[tuple[float, float]]) -> list[float]:
+    """The half-second bursts (by the seconds sent at their end) spoken throughout, past
+    the turn's first second, whose decodes sent no delta."""
+    quiet, delta_in_burst = [], False
+    for event in events:
+        if event["type"] == "conversation.item.input_audio_transcription.delta":
+            delta_in_burst = True
+        elif event["type"] == BURST:
+            end = event["seconds"]
+            spoken = any(start <= end - 0.5 and end <= stop for start, stop in spans)
+            if end > 1.0 and spoken and not delta_in_burst:
+                quiet.append(end)
+            delta_in_burst = False
+    return quiet
+
+
+def test_every_second_of_speech_brings_a_delta(backend, turn_audio) -> None:
+    # Half-second bursts, one re-decode each: a decode that agrees with the one before on
+    # nothing new (that one ended inside a word) must send its own words when waiting for
+    # the next would leave more than delta_deadline_s (1 s) of speech without a delta.
+    # (Text two decodes agree on often keeps this pace too; the rule itself is tested in
+    # test_realtime_parts, and benchmarks.realtime measures the gaps.)
+    audio, said = turn_audio
+    decoder = InProcessDecoder(backend, SpeechDetector())
+
+    events = asyncio.run(stream(audio, decoder, RealtimeSettings(), appends_per_burst=5))
+
+    deltas, completed = texts(events)
+    assert len(completed) == 1 and not decoder.errors
+    spans = speech_spans(audio)
+    assert len(spans) == len(TURN), spans  # the three sentences, apart
+    quiet = quiet_bursts(events, spans)
+    # Two quiet bursts in a row happen (a decode after one that sent a delta is not yet
+    # overdue, and one that hears only the word being said has nothing to send); three,
+    # 1.5 s of speech without a delta, never.
+    assert not any(c - a == 1.0 for a, c in zip(quiet, quiet[2:])), quiet
+    # Words sent on one decode's reading are still, nearly, the final transcript.
+    assert word_error_rate([said], completed) < 0.2
+    assert word_error_rate(completed, [deltas]) < 0.2
 
 
 @pytest.fixture(scope="module")

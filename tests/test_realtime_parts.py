@@ -141,6 +141,31 @@ def test_a_decode_that_ends_in_a_pause_may_confirm_its_last_word() -> None:
     assert stable.sent_text == "over the lazy dog."
 
 
+def test_an_overdue_decode_sends_its_own_words_but_the_one_being_said() -> None:
+    stable = StableText()
+    stable.update("The quick brown")
+    assert stable.update("The quick brown fax") == "The quick brown"
+    # The older decode ended inside "fox" and heard "fax": the two agree on nothing new.
+    assert stable.update("The quick brown fox jumps over", overdue=True) == " fox jumps"
+    # Agreement, when there is some, is all an overdue decode sends.
+    assert stable.update("The quick brown fox jumps over the lazy", overdue=True) == " over"
+    # A decode with nothing past the sent text but its last word has nothing to send.
+    assert stable.update("The quick brown fox jumps over a", overdue=True) == ""
+    assert stable.sent_text == "The quick brown fox jumps over"
+    # Heard again with more audio and no word after it: "the" is whole.
+    assert stable.update("The quick brown fox jumps over the", overdue=True) == ""
+    assert stable.update("The quick brown fox jumps over the.", overdue=True) == " the."
+    assert stable.update("The quick brown fox jumps over the.") == ""
+
+
+def test_a_decode_that_is_not_overdue_waits_for_agreement() -> None:
+    stable = StableText()
+    stable.update("The quick brown")
+    assert stable.update("The quick brown fax") == "The quick brown"
+    assert stable.update("The quick brown fox jumps over") == ""
+    assert stable.update("The quick brown fox jumps over the") == " fox jumps over"
+
+
 def test_after_a_sealed_part_the_next_decode_agrees_with_the_last_one_at_once() -> None:
     stable = StableText()
     stable.update("many years ago. We")

@@ -21,6 +21,15 @@ confirm those words too, with the newer decode's reading of the disputed ones (i
 more of what follows them). Without that, one word the two decodes hear differently
 ("platform nine" and "platform I and") holds back every word after it until a third
 decode agrees, and the deltas stall for two decodes or more.
+
+A decode that finds nothing to agree on may be `overdue`: waiting for the next decode would
+leave the speaker longer without a delta than the session allows (the session decides). The
+newest decode alone then confirms its words past the sent text, all but its last one (the
+word still being said), or all of them when the older decode heard the same words past the
+sent text (the newer one heard more speech and no more words, so its last is whole).
+Decodes mostly disagree on the older decode's last word, cut off mid-word; the words the
+newer decode heard before its own last one had speech after them, and the final decode of
+the turn is authoritative either way.
 """
 
 from __future__ import annotations
@@ -126,11 +135,12 @@ class StableText:
     def sent_text(self) -> str:
         return "".join(self.sent)
 
-    def update(self, text: str, ends_in_pause: bool = False) -> str:
+    def update(self, text: str, ends_in_pause: bool = False, overdue: bool = False) -> str:
         """The delta a new decode allows ("" when nothing new is confirmed).
 
         `ends_in_pause`: the decode's audio ends after the speaker stopped, so its last
-        word is whole and may be confirmed too."""
+        word is whole and may be confirmed too. `overdue`: a delta is due now, so when the
+        two decodes agree on nothing, this one's words are confirmed on its own reading."""
         current = units(text)
         keys = [_key(u) for u in current]
         previous, self._previous = self._previous, keys
@@ -138,6 +148,11 @@ class StableText:
         candidates = keys[start:] if ends_in_pause else keys[start:-1]
         earlier = previous[self._after_sent(previous):]
         agreed = _bridged(earlier, candidates, _common_prefix(earlier, candidates))
+        if not agreed and overdue:
+            rest = keys[start:]
+            # Two decodes that end alike though the newer heard more speech: its last word
+            # is whole (the model did not hear the next one yet).
+            agreed = len(rest) if rest == earlier else len(candidates)
         if not agreed:
             return ""
         return self._send(current[start:start + agreed])

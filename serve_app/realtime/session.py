@@ -70,6 +70,9 @@ PAUSE_DECODE_LEAD_MS = 500
 END_MARGIN_WINDOWS = 2
 # A language detected on this much of a turn's audio is given to later re-decodes.
 LANGUAGE_FROM_S = 2.0
+# A decode of less of the turn than this is never sent on its own reading: on a turn's
+# first second Whisper base often mishears the start ("That would be a quick...").
+OVERDUE_FROM_S = 1.0
 # Turns committed and not yet transcribed, per session, before the reader waits.
 MAX_PENDING_TURNS = 3
 # Where a refused field is, in each dialect's session shape (OpenAI's `param`).
@@ -116,6 +119,7 @@ class OpenTurn:
     # any): when it reaches past the end of speech it is the turn's final transcript.
     decoded: tuple[int, Heard] | None = None
     newest_decode_end: int = 0  # session sample the newest decode whose text was used reached
+    last_delta_end: int = 0  # session sample the decode that sent the last delta reached
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
     started_at: float = field(default_factory=time.monotonic)
@@ -596,11 +600,24 @@ class RealtimeSession:
         if self._partial is not None and not self._partial.done():
             return  # one re-decode at a time
         new_speech_s = (self._audio.end - turn.decoded_to) / SAMPLE_RATE
-        # A decode that took long (a loaded model) spaces the next ones out: re-decoding a
-        # growing turn never takes more than two thirds of the lane's time per stream.
-        every_s = max(self._settings.partial_every_s, 1.5 * turn.last_decode_s)
-        if new_speech_s >= every_s:
+        if new_speech_s >= self._decode_every_s(turn):
             self._partial = self._start_decode(turn)
+
+    def _decode_every_s(self, turn: OpenTurn) -> float:
+        """New speech between two re-decodes. A decode that took long (a loaded model)
+        spaces the next ones out: re-decoding a growing turn never takes more than two
+        thirds of the lane's time per stream."""
+        return max(self._settings.partial_every_s, 1.5 * turn.last_decode_s)
+
+    def _overdue(self, turn: OpenTurn, end: int) -> bool:
+        """A decode that reached `end` is the last one to send a delta before the speech
+        since the last delta (or since the turn began) outlasts `delta_deadline_s`: the
+        next decode comes only after another `_decode_every_s` of speech."""
+        deadline = self._settings.delta_deadline_s
+        if deadline is None or (end - turn.segment_start) / SAMPLE_RATE < OVERDUE_FROM_S:
+            return False
+        since = max(turn.last_delta_end, turn.start)
+        return (end - since) / SAMPLE_RATE + self._decode_every_s(turn) > deadline
 
     def _in_pause(self, turn: OpenTurn) -> bool:
         """The speaker has paused: the last ~130 ms are below the detector's threshold, or
@@ -661,8 +678,9 @@ class RealtimeSession:
         if end < turn.newest_decode_end:
             return  # overtaken by a newer decode (a pause's)
         turn.newest_decode_end = end
-        delta = turn.stable.update(text, ends_in_pause)
+        delta = turn.stable.update(text, ends_in_pause, overdue=self._overdue(turn, end))
         if delta:
+            turn.last_delta_end = end
             await self._delta(turn.item_id, delta)
             if not turn.first_delta_sent:
                 turn.first_delta_sent = True
@@ -680,6 +698,7 @@ class RealtimeSession:
             return  # committed meanwhile, or the decode failed: nothing is set aside
         delta = turn.stable.finish(text)
         if delta:
+            turn.last_delta_end = cut
             await self._delta(turn.item_id, delta)
         # Words already sent past the cut are expected again at the start of what follows.
         kept = turn.stable.covered_by(text)
