@@ -30,7 +30,8 @@ speech_started/speech_stopped events):
 - first delta: from the send of the append holding its first speech sample to its first
   `...input_audio_transcription.delta`;
 - WER of the completed transcript against the turn's text (Whisper's English normaliser,
-  as tests/speech.py), and the corpus WER of all turns;
+  as tests/speech.py), and the corpus WER of all turns; the corpus WER of what the deltas
+  spelled, joined, too (a decode may send words on its own reading when a delta is due);
 - delta cadence: the largest gap between successive deltas received while the turn's
   speech was being sent (None with fewer than two), and how many came then;
 - for diagnosis: end of speech -> speech_stopped, committed -> completed.
@@ -748,8 +749,8 @@ def table(phases: list[dict]) -> str:
         "gap p50: median gap between two deltas during speech, ≤1s: the share of gaps of at "
         "most a second; gap max: the longest; wait max: the same counted from "
         "the first to the last speech sample; stop: p50 end of speech -> speech_stopped; "
-        "c->f: p50 committed -> completed; WER: mean per turn; Δ WER: of the deltas joined, over all "
-        "turns; lag max: how far a sender fell "
+        "c->f: p50 committed -> completed; WER: mean per turn; Δ WER: of the deltas joined, "
+        "over all turns; lag max: how far a sender fell "
         "behind real time; ok: within the target", width=100)
     for p in phases:
         s = p["summary"]

@@ -375,13 +375,14 @@ class RealtimeSettings(_Strict):
     partial_every_s: float = Field(
         0.5, ge=0.1, le=10,
         description="New speech between two decodes of the growing turn. Text is sent once "
-        "two decodes agree on it, so deltas follow speech by about twice this plus a decode.",
+        "two decodes agree on it (or one, past delta_deadline_s), so deltas follow speech by "
+        "one to two times this plus a decode.",
     )
     delta_deadline_s: float | None = Field(
         1.0, ge=0.2, le=30,
         description="Most new speech a delta waits for. When a decode of the growing turn "
         "agrees with the one before on nothing new and the next decode would come later "
-        "than this, its own words (all but the one being said) are sent; null sends only "
+        "than this, its own words (all but the one still being said) are sent; null sends only "
         "text two decodes agree on (deltas then differ from the final transcript less "
         "often, and now and then wait two decodes).",
     )
