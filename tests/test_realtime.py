@@ -331,9 +331,13 @@ def test_a_turn_longer_than_the_window_is_split_at_pauses(service: str, client: 
     speech_stopped_at = live.events.index(live.of_type("input_audio_buffer.speech_stopped")[0])
     early = [d for d in deltas if live.events.index(d) < speech_stopped_at]
     assert len(early) >= 3  # text while the speaker talked, not only at the end
-    # What the deltas said is what the turn said (sealed parts may differ at a seam).
+    # What the deltas said is what the turn said, but for seams of sealed parts and words a
+    # decode sent on its own reading when a delta was due: and nothing left out at the end
+    # (the final decode's remainder once lost its last words to such differences).
     said = "".join(d["delta"] for d in deltas)
-    assert word_error_rate([normalize(completed["transcript"])], [normalize(said)]) <= 0.1, (
+    assert normalize(said).split()[-3:] == normalize(completed["transcript"]).split()[-3:], (
+        said, completed["transcript"])
+    assert word_error_rate([normalize(completed["transcript"])], [normalize(said)]) <= 0.15, (
         said, [d["delta"] for d in deltas], completed["transcript"])
     assert not re.search(r"[.,?!][A-Za-z]", said), said  # parts joined by a space
 

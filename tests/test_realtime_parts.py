@@ -158,6 +158,18 @@ def test_an_overdue_decode_sends_its_own_words_but_the_one_being_said() -> None:
     assert stable.update("The quick brown fox jumps over the.") == ""
 
 
+def test_the_final_decode_adds_what_follows_sent_text_worded_with_more_units() -> None:
+    # A long turn's deltas (some sent on one decode's reading) came to three units more
+    # than the final decode's wording of the same speech; counted, the remainder lost its
+    # first words. A run of three words at the end of the sent text anchors it.
+    stable = StableText()
+    stable.sent = units("The quick brown fox jump over the lazy dog. The train is on the city "
+                        "leaves from the platform high in every morning. Our flight was")
+    final = ("The quick brown fox jumps over the lazy dog. The train to the city leaves from "
+             "platform 9 every morning. Our flight was delayed by two hours.")
+    assert stable.finish(final) == " delayed by two hours."
+
+
 def test_a_decode_that_is_not_overdue_waits_for_agreement() -> None:
     stable = StableText()
     stable.update("The quick brown")

@@ -44,8 +44,11 @@ _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _UNIT = re.compile(rf"\s*(?:[{_CJK}]|[^\s{_CJK}]+)")
 
 
-# How far the aligned end of the sent text may move against a plain count of units.
+# How far the aligned end of the sent text may move against a plain count of units, unless
+# at least ANCHOR_RUN units in a row match there: a long turn's final decode may word it with
+# a few units more or fewer ("high in" for "9") and still end on the same words.
 MAX_SHIFT = 2
+ANCHOR_RUN = 3
 # The most units, in either decode, that a disagreement bridged over may span, and how
 # many units the two decodes must share after it (0 disputed units: never bridged).
 MAX_DISPUTED = 2
@@ -84,14 +87,14 @@ def _matching_blocks(a: list[str], b: list[str]) -> list[difflib.Match]:
             .get_matching_blocks() if m.size]
 
 
-def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int] | None:
+def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int, int] | None:
     """Where the last run of units common to the sent keys and a decode's keys ends, in
-    each (None when they share none)."""
+    each, and its length (None when they share none)."""
     blocks = _matching_blocks(sent, keys)
     if not blocks:
         return None
     last = blocks[-1]
-    return last.a + last.size, last.b + last.size
+    return last.a + last.size, last.b + last.size, last.size
 
 
 def _bridged(earlier: list[str], newer: list[str], agreed: int) -> int:
@@ -170,7 +173,7 @@ class StableText:
         match = _last_match(sent, keys)
         if match is None:
             return min(len(keys), len(sent))
-        sent_end, decode_end = match
+        sent_end, decode_end, _ = match
         # The decode's units after its last match stand for as many sent units.
         return min(sent_end + len(keys) - decode_end, len(sent))
 
@@ -194,10 +197,12 @@ class StableText:
         match = _last_match(sent, keys)
         if match is None:
             return fallback
-        sent_end, decode_end = match
-        # Trusted only near the end of what was sent and about as far into this decode: a
-        # lone common word ("the") far ahead would skip words that were never sent.
-        if sent_end < len(sent) - MAX_SHIFT or abs(decode_end - sent_end) > MAX_SHIFT:
+        sent_end, decode_end, run = match
+        # Trusted only near the end of what was sent, and about as far into this decode
+        # unless a run of words anchors it: a lone common word ("the") far ahead would skip
+        # words that were never sent.
+        shifted = abs(decode_end - sent_end) > MAX_SHIFT
+        if sent_end < len(sent) - MAX_SHIFT or (shifted and run < ANCHOR_RUN):
             return fallback
         # Sent units after the last match stand for as many units of this decode.
         return min(decode_end + len(sent) - sent_end, len(keys))
