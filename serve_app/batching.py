@@ -17,7 +17,13 @@ from typing import Callable
 
 import numpy as np
 
-from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, ChunkResult, DecodeOptions
+from serve_app.backends.base import (
+    MAX_CHUNK_SECONDS,
+    SAMPLE_RATE,
+    ChunkResult,
+    DecodeOptions,
+    Preempted,
+)
 from serve_app.priority import Priority
 
 logger = logging.getLogger(__name__)
@@ -113,10 +119,6 @@ def batch_shape(requests: list[ChunkRequest], calls: list[list[int]]) -> BatchSh
             requests[i].window_s if requests[i].window_s is not None else longest for i in call
         )
     return BatchShape(audio, padded)
-
-
-class Preempted(Exception):
-    """A batch given up for more urgent work (a live turn waiting behind re-decodes)."""
 
 
 def run_isolated(

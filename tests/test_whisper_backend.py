@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, DecodeOptions
+from serve_app.backends.base import MAX_CHUNK_SECONDS, SAMPLE_RATE, DecodeOptions, Preempted
 from serve_app.backends import whisper
 from serve_app.backends.whisper import WhisperBackend, encode_window
 from tests.speech import load_speech_fixtures, normalize, word_error_rate
@@ -81,6 +81,32 @@ def test_bad_chunks_come_back_as_errors_while_batch_mates_succeed(backend, fixtu
         assert result.error is None and result.language == "en"
         assert word_error_rate([fixture.text], [result.text]) < MAX_ITEM_WER
     assert results[6].error is None and results[6].text == ""  # no samples: no words, no error
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_a_preempted_batch_stops_whole_and_is_no_chunk_failure(
+    backend, fixtures, chunks, caplog
+) -> None:
+    # The model deployment's forward hook raises Preempted between decoding steps to give
+    # a live turn the lane. A lone chunk's was once caught as "Whisper failed on a chunk",
+    # logged with its traceback, and a batch's retried one chunk at a time.
+    calls = 0
+
+    def preempt_the_second_step(module, args) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Preempted()
+
+    hook = backend.model.register_forward_pre_hook(preempt_the_second_step)
+    try:
+        with pytest.raises(Preempted):
+            backend.transcribe_batch([f.audio for f in fixtures[:chunks]],
+                                     DecodeOptions(language="en"))
+    finally:
+        hook.remove()
+    assert calls == 2  # nothing was decoded again after it
+    assert "failed" not in caplog.text
 
 
 def test_given_language_is_echoed_and_the_prompt_is_not_in_the_output(backend, fixtures) -> None:

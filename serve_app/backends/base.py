@@ -113,6 +113,12 @@ def per_window(
     return results  # type: ignore[return-value]  # every index is in exactly one group
 
 
+class Preempted(Exception):
+    """A batch given up for more urgent work (a live turn waiting behind re-decodes): the
+    model deployment's forward hook raises it between decoding steps. Backends let it
+    through; it is not a failure of the model or the audio."""
+
+
 class ASRBackend(Protocol):
     info: BackendInfo
     model: Any  # the torch module; load_backend quantizes it in place when configured
@@ -120,7 +126,8 @@ class ASRBackend(Protocol):
     def transcribe_batch(
         self, audios: list[np.ndarray], options: DecodeOptions
     ) -> list[ChunkResult]:
-        """Transcribe a padded batch; one result per input, in order."""
+        """Transcribe a padded batch; one result per input, in order. A failure becomes
+        that chunk's error, except Preempted, which stops the whole batch."""
         ...
 
 

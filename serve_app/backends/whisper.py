@@ -34,6 +34,7 @@ from serve_app.backends.base import (
     BackendInfo,
     ChunkResult,
     DecodeOptions,
+    Preempted,
     chunk_problem,
     encoder_windows,
     per_window,
@@ -226,6 +227,8 @@ class WhisperBackend:
         if todo:
             try:
                 decoded = self._decode([audios[i] for i in todo], options)
+            except Preempted:
+                raise  # the batch was given up for a live turn: no chunk failed
             except Exception:
                 if len(todo) == 1:
                     logger.exception("Whisper failed on a chunk")
