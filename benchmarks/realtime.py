@@ -528,8 +528,9 @@ def turn_results(run: StreamRun) -> tuple[list[dict], dict]:
             "text": turn.text, "status": status, "items": [it.id for it in mine],
             "transcript": transcript,
             "wer": wer(turn.text, transcript) if transcript is not None else None,
-            # What the deltas spelled (the final decode's remainder included).
-            "deltas_text": "".join(text for _, text in deltas),
+            # What the deltas spelled (the final decode's remainder included), each item's
+            # joined as the transcripts are: an item's first delta has no space before it.
+            "deltas_text": " ".join("".join(text for _, text in it.deltas) for it in mine),
             "final_latency_s": max(finals) - last_sent
             if complete and last_sent is not None else None,
             "first_delta_s": deltas[0][0] - first_sent
