@@ -345,3 +345,39 @@ def test_a_loop_compresses_far_better_than_speech() -> None:
     loop = " ".join(["The price of coffee has gone up again this year."] * 10)
     assert whisper.compression_ratio(loop) > whisper.LOOP_COMPRESSION_RATIO
     assert whisper.compression_ratio("") == 0.0
+
+
+def test_a_phrase_said_twice_in_a_row_is_a_repeat() -> None:
+    assert whisper.repeats_itself([1, 2, 3, 4, 1, 2, 3, 4], min_period=4)
+    assert whisper.repeats_itself([9, 9, 5, 6, 7, 8, 5, 6, 7, 8], min_period=4)
+    assert not whisper.repeats_itself([1, 2, 3, 1, 2, 3], min_period=4)  # "no, no" is speech
+    assert not whisper.repeats_itself([1, 2, 3, 4, 5, 1, 2, 3, 4], min_period=4)  # not yet
+    assert not whisper.repeats_itself([], min_period=4)
+
+
+def test_a_loop_in_a_trimmed_window_stops_at_its_first_repeat(
+    trimmed, fixtures, monkeypatch, caplog
+) -> None:
+    # A live re-decode: the first 1.5 s of a sentence after a quarter second of silence,
+    # given its first word. In a 5-s window the demo model says "My grandfather planted
+    # them." again and again; it used to go on to the token cap (~0.5 s more on 2 cores).
+    fixture = next(f for f in fixtures if f.name == "oak_tree.wav")
+    lead = np.zeros(SAMPLE_RATE // 4, np.float32)
+    clip = np.concatenate([lead, fixture.audio[: 3 * SAMPLE_RATE // 2]])
+    assert trimmed.info.window_for(clip.size) == 5.0
+    options = DecodeOptions(language="en", text_prefix="My")
+    generated = []
+    generate = trimmed.model.generate
+
+    def recording_generate(**kwargs):
+        sequences = generate(**kwargs)
+        generated.append(sequences.shape[-1])
+        return sequences
+
+    monkeypatch.setattr(trimmed.model, "generate", recording_generate)
+    with caplog.at_level("INFO", logger=whisper.__name__):
+        (result,) = trimmed.transcribe_batch([clip], options)
+    assert "1 of 1 chunks looped in a 5-s window; decoding them in 10 s" in caplog.text
+    cap = whisper.loop_token_cap(clip.size / SAMPLE_RATE, given_tokens=1)
+    assert generated[0] < cap * 2 // 3, (generated, cap)  # stopped well before the cap
+    assert result.text.startswith("My grand") and result.text.count("grandfather") <= 1

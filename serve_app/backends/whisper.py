@@ -15,7 +15,7 @@ import logging
 import math
 import unicodedata
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from transformers import (
     AutoProcessor,
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -54,6 +56,11 @@ TRIMMED_STEP_S = 5  # trimmed windows of 5, 10, ... 30 s: any length fits the en
 LOOP_COMPRESSION_RATIO = 2.4
 MAX_TOKENS_PER_SECOND = 12
 TOKEN_CAP_SLACK_S = 1.0
+# A decode in a trimmed window that says again, at once, a phrase of at least this many
+# tokens has looped too ("My grandfather planted them. My grandfather planted them."): it
+# stops there instead of at the cap. A short live decode given its first words loops so
+# often, and each loop to the cap cost the lane ~0.4 s on 2 cores.
+MIN_LOOP_PERIOD = 4
 
 
 def loop_token_cap(longest_audio_s: float, given_tokens: int = 0) -> int:
@@ -91,6 +98,31 @@ class SuppressTokens(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         return scores.masked_fill(self.mask, -float("inf"))
+
+
+def repeats_itself(tokens: Sequence[int], min_period: int) -> bool:
+    """The tokens end with a run of at least `min_period` of them said twice in a row."""
+    n = len(tokens)
+    return any(
+        tokens[-1] == tokens[-1 - k] and list(tokens[n - 2 * k : n - k]) == list(tokens[n - k :])
+        for k in range(min_period, n // 2 + 1)
+    )
+
+
+class StopOnRepeat(StoppingCriteria):
+    """Ends each row whose generated tokens repeat themselves (`repeats_itself`). The rows
+    handed in start with the decoder's given input (start tokens, prompt, text prefix); the
+    first call comes after one generated token, which tells how long that input is."""
+
+    def __init__(self) -> None:
+        self._given: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self._given is None:
+            self._given = input_ids.shape[1] - 1
+        rows = input_ids[:, self._given :].tolist()
+        done = [repeats_itself(row, MIN_LOOP_PERIOD) for row in rows]
+        return torch.tensor(done, device=input_ids.device)
 
 
 def compression_ratio(text: str) -> float:
@@ -278,7 +310,8 @@ class WhisperBackend:
     def _decode_in_window(
         self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
     ) -> tuple[list[ChunkResult], list[bool]]:
-        """Results, and for each whether it stopped at the loop token cap, not at EOS."""
+        """Results, and for each whether it looped: stopped at the loop token cap or on a
+        repeat (in a trimmed window), not at EOS."""
         # Features of the window only: the same frames as the first ones of a 30-s window
         # (the padding is zeros either way), without the STFT of the rest.
         features = self.processor.feature_extractor(
@@ -330,8 +363,10 @@ class WhisperBackend:
         # Whisper's generate reads max_length as the count of new tokens and adds the start
         # tokens itself; passing max_new_tokens instead draws a transformers warning per call.
         wanted = min(options.max_new_tokens or self._default_new_tokens, budget)
-        if window_s < MAX_CHUNK_SECONDS:
+        trimmed = window_s < MAX_CHUNK_SECONDS
+        if trimmed:
             cap = loop_token_cap(max(a.shape[0] for a in audios) / SAMPLE_RATE, len(forced))
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnRepeat()])
         else:
             cap = wanted  # no larger window to decode a loop again in
         kwargs["max_length"] = min(wanted, cap)
@@ -348,11 +383,16 @@ class WhisperBackend:
             start = self.processor.tokenizer.decode(forced, skip_special_tokens=True)
             texts = [start + text for text in texts]
         # generate strips each row's EOS and right-pads the rows to the longest, so a row
-        # ran out only if the rows are as long as the cap and it ends in a plain token.
+        # ran out only if the rows are as long as the cap and it ends in a plain token; or
+        # it was stopped on a repeat, and its tokens (padding left out) end with one.
         gen = self.model.generation_config
         at_cap = cap < wanted and sequences.shape[-1] >= cap
         ends = {gen.eos_token_id, gen.pad_token_id}
-        ran_out = [at_cap and int(row[-1]) not in ends for row in sequences]
+        ran_out = [
+            (at_cap and int(row[-1]) not in ends)
+            or (trimmed and repeats_itself(_without_padding(row.tolist(), ends), MIN_LOOP_PERIOD))
+            for row in sequences
+        ]
         results = [
             ChunkResult(text=t.strip(), language=lang)
             for t, lang in zip(texts, languages, strict=True)
@@ -416,3 +456,11 @@ class WhisperBackend:
                 text, frames, languages[i], audio.size / SAMPLE_RATE, tokenizer.decode)
             timed.append(tuple((w.word, round(w.start, 3), round(w.end, 3)) for w in words))
         return timed
+
+
+def _without_padding(tokens: list[int], ends: set[int]) -> list[int]:
+    """A generated row without the EOS and padding generate put after its last token."""
+    end = len(tokens)
+    while end and tokens[end - 1] in ends:
+        end -= 1
+    return tokens[:end]
