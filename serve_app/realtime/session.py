@@ -73,6 +73,14 @@ LANGUAGE_FROM_S = 2.0
 # A decode of less of the turn than this is never sent on its own reading: on a turn's
 # first second Whisper base often mishears the start ("That would be a quick...").
 OVERDUE_FROM_S = 1.0
+# After a decode that was due to send a delta and could not (past the sent text it heard
+# only the word still being said), the next comes after this share of partial_every_s, or
+# after the recent re-decodes' own time rather than one and a half times it: the word is most
+# often whole a few hundred ms later, and a stalled decode is rare, so the lane can spare it.
+STALLED_EVERY = 0.5
+# Re-decodes are spaced by the median time of this many recent ones: one slow decode (a
+# busy moment of the machine) does not hold back the next, a loaded model soon does.
+DECODE_TIMES_KEPT = 3
 # Turns committed and not yet transcribed, per session, before the reader waits.
 MAX_PENDING_TURNS = 3
 # Where a refused field is, in each dialect's session shape (OpenAI's `param`).
@@ -120,10 +128,14 @@ class OpenTurn:
     decoded: tuple[int, Heard] | None = None
     newest_decode_end: int = 0  # session sample the newest decode whose text was used reached
     last_delta_end: int = 0  # session sample the decode that sent the last delta reached
+    stalled: bool = False  # the last decode was overdue and sent nothing
     probabilities: list[float] = field(default_factory=list)  # per window, for sealing
     probabilities_from: int = 0  # session sample of the first of them
     started_at: float = field(default_factory=time.monotonic)
-    last_decode_s: float = 0.0  # how long the last partial decode took, end to end
+    # How long the last few re-decodes took, end to end (a pause's decode of the whole
+    # turn is not one: it says little of the next re-decode).
+    decode_times: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=DECODE_TIMES_KEPT))
     urgent_started: bool = False  # a pause's decode runs beside a regular one
     first_delta_sent: bool = False
 
@@ -600,14 +612,24 @@ class RealtimeSession:
         if self._partial is not None and not self._partial.done():
             return  # one re-decode at a time
         new_speech_s = (self._audio.end - turn.decoded_to) / SAMPLE_RATE
-        if new_speech_s >= self._decode_every_s(turn):
+        if turn.decoded_to == turn.start and self._settings.delta_deadline_s is not None:
+            # A turn's first decode waits for OVERDUE_FROM_S of its audio: a shorter one is
+            # mostly misheard ("Lucky." for "The"), and could send nothing on its own.
+            # (Agreement only, an early decode is the one the next agrees with.)
+            due = new_speech_s >= max(OVERDUE_FROM_S, self._settings.partial_every_s)
+        else:
+            due = new_speech_s >= self._decode_every_s(turn)
+        if due:
             self._partial = self._start_decode(turn)
 
     def _decode_every_s(self, turn: OpenTurn) -> float:
         """New speech between two re-decodes. A decode that took long (a loaded model)
         spaces the next ones out: re-decoding a growing turn never takes more than two
-        thirds of the lane's time per stream."""
-        return max(self._settings.partial_every_s, 1.5 * turn.last_decode_s)
+        thirds of the lane's time per stream. A stalled turn is decoded again sooner."""
+        decode_s = float(np.median(turn.decode_times)) if turn.decode_times else 0.0
+        if turn.stalled:
+            return max(STALLED_EVERY * self._settings.partial_every_s, decode_s)
+        return max(self._settings.partial_every_s, 1.5 * decode_s)
 
     def _overdue(self, turn: OpenTurn, end: int) -> bool:
         """A decode that reached `end` is the last one to send a delta before the speech
@@ -665,7 +687,8 @@ class RealtimeSession:
         started = time.monotonic()
         heard = await self._decoder.partial(audio, options, turn.item_id, urgent=urgent)
         text = heard.text
-        turn.last_decode_s = time.monotonic() - started
+        if not urgent:
+            turn.decode_times.append(time.monotonic() - started)
         # Only a decode that detected its language may stand as the final transcript.
         whole = (turn.segment_start == turn.start and options.text_prefix is None
                  and options.language == self.config.language)
@@ -678,7 +701,9 @@ class RealtimeSession:
         if end < turn.newest_decode_end:
             return  # overtaken by a newer decode (a pause's)
         turn.newest_decode_end = end
-        delta = turn.stable.update(text, ends_in_pause, overdue=self._overdue(turn, end))
+        overdue = self._overdue(turn, end)
+        delta = turn.stable.update(text, ends_in_pause, overdue=overdue)
+        turn.stalled = overdue and not delta
         if delta:
             turn.last_delta_end = end
             await self._delta(turn.item_id, delta)
