@@ -350,7 +350,9 @@ def test_a_loop_compresses_far_better_than_speech() -> None:
 def test_a_phrase_said_twice_in_a_row_is_a_repeat() -> None:
     assert whisper.repeats_itself([1, 2, 3, 4, 1, 2, 3, 4], min_period=4)
     assert whisper.repeats_itself([9, 9, 5, 6, 7, 8, 5, 6, 7, 8], min_period=4)
-    assert not whisper.repeats_itself([1, 2, 3, 1, 2, 3], min_period=4)  # "no, no" is speech
+    assert not whisper.repeats_itself([1, 2, 3, 1, 2, 3], min_period=4)
+    # "no, no, no, no,": a run of 4 said twice, but made of a run of 2 (speech, not a loop)
+    assert not whisper.repeats_itself([7, 8, 7, 8, 7, 8, 7, 8], min_period=4)
     assert not whisper.repeats_itself([1, 2, 3, 4, 5, 1, 2, 3, 4], min_period=4)  # not yet
     assert not whisper.repeats_itself([], min_period=4)
 
@@ -366,12 +368,13 @@ def test_a_loop_in_a_trimmed_window_stops_at_its_first_repeat(
     clip = np.concatenate([lead, fixture.audio[: 3 * SAMPLE_RATE // 2]])
     assert trimmed.info.window_for(clip.size) == 5.0
     options = DecodeOptions(language="en", text_prefix="My")
-    generated = []
+    generated, stopped_on_repeats = [], []
     generate = trimmed.model.generate
 
     def recording_generate(**kwargs):
         sequences = generate(**kwargs)
         generated.append(sequences.shape[-1])
+        stopped_on_repeats.append("stopping_criteria" in kwargs)
         return sequences
 
     monkeypatch.setattr(trimmed.model, "generate", recording_generate)
@@ -380,4 +383,7 @@ def test_a_loop_in_a_trimmed_window_stops_at_its_first_repeat(
     assert "1 of 1 chunks looped in a 5-s window; decoding them in 10 s" in caplog.text
     cap = whisper.loop_token_cap(clip.size / SAMPLE_RATE, given_tokens=1)
     assert generated[0] < cap * 2 // 3, (generated, cap)  # stopped well before the cap
+    # Only the first window stops on a repeat: a phrase said twice on purpose would stop
+    # again in every larger one.
+    assert stopped_on_repeats == [True, False]
     assert result.text.startswith("My grand") and result.text.count("grandfather") <= 1

@@ -56,10 +56,12 @@ TRIMMED_STEP_S = 5  # trimmed windows of 5, 10, ... 30 s: any length fits the en
 LOOP_COMPRESSION_RATIO = 2.4
 MAX_TOKENS_PER_SECOND = 12
 TOKEN_CAP_SLACK_S = 1.0
-# A decode in a trimmed window that says again, at once, a phrase of at least this many
-# tokens has looped too ("My grandfather planted them. My grandfather planted them."): it
-# stops there instead of at the cap. A short live decode given its first words loops so
-# often, and each loop to the cap cost the lane ~0.4 s on 2 cores.
+# A decode in a chunk's first trimmed window that says again, at once, a phrase of at least
+# this many tokens has looped too ("My grandfather planted them. My grandfather planted
+# them."): it stops there instead of at the cap. A short live decode given its first words
+# loops so often, and each loop to the cap cost the lane ~0.4 s on 2 cores. The larger
+# windows after it stop only at the cap, so a phrase said twice on purpose costs one
+# decode more, not one per window.
 MIN_LOOP_PERIOD = 4
 
 
@@ -101,12 +103,15 @@ class SuppressTokens(LogitsProcessor):
 
 
 def repeats_itself(tokens: Sequence[int], min_period: int) -> bool:
-    """The tokens end with a run of at least `min_period` of them said twice in a row."""
+    """The tokens end with a run of them said twice in a row, the shortest such run being
+    at least `min_period` long: "no, no, no, no," repeats a run of two, which is speech."""
     n = len(tokens)
-    return any(
-        tokens[-1] == tokens[-1 - k] and list(tokens[n - 2 * k : n - k]) == list(tokens[n - k :])
-        for k in range(min_period, n // 2 + 1)
-    )
+    for k in range(1, n // 2 + 1):
+        if tokens[-1] != tokens[-1 - k]:
+            continue  # most periods fail here, before any copying
+        if list(tokens[n - 2 * k : n - k]) == list(tokens[n - k :]):
+            return k >= min_period
+    return False
 
 
 class StopOnRepeat(StoppingCriteria):
@@ -286,9 +291,10 @@ class WhisperBackend:
         )
 
     def _decode_window(
-        self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
+        self, audios: list[np.ndarray], options: DecodeOptions, window_s: float,
+        stop_on_repeat: bool = True,
     ) -> list[ChunkResult]:
-        results, ran_out = self._decode_in_window(audios, options, window_s)
+        results, ran_out = self._decode_in_window(audios, options, window_s, stop_on_repeat)
         if window_s < MAX_CHUNK_SECONDS:
             looped = [
                 i
@@ -301,17 +307,19 @@ class WhisperBackend:
                 larger_s = min(2 * window_s, float(MAX_CHUNK_SECONDS))
                 logger.info("%d of %d chunks looped in a %.0f-s window; decoding them in %.0f s",
                             len(looped), len(audios), window_s, larger_s)
-                again = self._decode_window([audios[i] for i in looped], options, larger_s)
+                again = self._decode_window([audios[i] for i in looped], options, larger_s,
+                                            stop_on_repeat=False)
                 for i, result in zip(looped, again, strict=True):
                     results[i] = result
         return results
 
     @torch.inference_mode()
     def _decode_in_window(
-        self, audios: list[np.ndarray], options: DecodeOptions, window_s: float
+        self, audios: list[np.ndarray], options: DecodeOptions, window_s: float,
+        stop_on_repeat: bool,
     ) -> tuple[list[ChunkResult], list[bool]]:
-        """Results, and for each whether it looped: stopped at the loop token cap or on a
-        repeat (in a trimmed window), not at EOS."""
+        """Results, and for each whether it looped: stopped at the loop token cap or, with
+        `stop_on_repeat` in a trimmed window, on a repeat; not at EOS."""
         # Features of the window only: the same frames as the first ones of a 30-s window
         # (the padding is zeros either way), without the STFT of the rest.
         features = self.processor.feature_extractor(
@@ -363,10 +371,11 @@ class WhisperBackend:
         # Whisper's generate reads max_length as the count of new tokens and adds the start
         # tokens itself; passing max_new_tokens instead draws a transformers warning per call.
         wanted = min(options.max_new_tokens or self._default_new_tokens, budget)
-        trimmed = window_s < MAX_CHUNK_SECONDS
-        if trimmed:
-            cap = loop_token_cap(max(a.shape[0] for a in audios) / SAMPLE_RATE, len(forced))
+        stop_on_repeat = stop_on_repeat and window_s < MAX_CHUNK_SECONDS
+        if stop_on_repeat:
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnRepeat()])
+        if window_s < MAX_CHUNK_SECONDS:
+            cap = loop_token_cap(max(a.shape[0] for a in audios) / SAMPLE_RATE, len(forced))
         else:
             cap = wanted  # no larger window to decode a loop again in
         kwargs["max_length"] = min(wanted, cap)
@@ -390,7 +399,8 @@ class WhisperBackend:
         ends = {gen.eos_token_id, gen.pad_token_id}
         ran_out = [
             (at_cap and int(row[-1]) not in ends)
-            or (trimmed and repeats_itself(_without_padding(row.tolist(), ends), MIN_LOOP_PERIOD))
+            or (stop_on_repeat
+                and repeats_itself(_without_padding(row.tolist(), ends), MIN_LOOP_PERIOD))
             for row in sequences
         ]
         results = [

@@ -623,13 +623,16 @@ class RealtimeSession:
             self._partial = self._start_decode(turn)
 
     def _decode_every_s(self, turn: OpenTurn) -> float:
-        """New speech between two re-decodes. A decode that took long (a loaded model)
-        spaces the next ones out: re-decoding a growing turn never takes more than two
-        thirds of the lane's time per stream. A stalled turn is decoded again sooner."""
-        decode_s = float(np.median(turn.decode_times)) if turn.decode_times else 0.0
+        """New speech between two re-decodes. Re-decodes that take long (a loaded model)
+        space the next ones out: re-decoding a growing turn takes at most two thirds of
+        the lane's time per stream, except right after a stalled decode, which is
+        followed sooner (STALLED_EVERY)."""
         if turn.stalled:
-            return max(STALLED_EVERY * self._settings.partial_every_s, decode_s)
-        return max(self._settings.partial_every_s, 1.5 * decode_s)
+            return max(STALLED_EVERY * self._settings.partial_every_s, _median(turn.decode_times))
+        return self._regular_every_s(turn)
+
+    def _regular_every_s(self, turn: OpenTurn) -> float:
+        return max(self._settings.partial_every_s, 1.5 * _median(turn.decode_times))
 
     def _overdue(self, turn: OpenTurn, end: int) -> bool:
         """A decode that reached `end` is the last one to send a delta before the speech
@@ -639,7 +642,8 @@ class RealtimeSession:
         if deadline is None or (end - turn.segment_start) / SAMPLE_RATE < OVERDUE_FROM_S:
             return False
         since = max(turn.last_delta_end, turn.start)
-        return (end - since) / SAMPLE_RATE + self._decode_every_s(turn) > deadline
+        # The regular spacing: a decode after a stall is judged as any other.
+        return (end - since) / SAMPLE_RATE + self._regular_every_s(turn) > deadline
 
     def _in_pause(self, turn: OpenTurn) -> bool:
         """The speaker has paused: the last ~130 ms are below the detector's threshold, or
@@ -746,6 +750,10 @@ class RealtimeSession:
         part = np.pad(windows[lo:hi], SMOOTH_WINDOWS // 2, mode="edge")
         smoothed = np.convolve(part, np.ones(SMOOTH_WINDOWS) / SMOOTH_WINDOWS, mode="valid")
         return origin + (lo + int(np.argmin(smoothed))) * WINDOW
+
+
+def _median(seconds: collections.deque[float]) -> float:
+    return float(np.median(seconds)) if seconds else 0.0
 
 
 def _done_task() -> asyncio.Future:
