@@ -262,6 +262,8 @@ def test_re_decodes_come_sooner_after_a_decode_that_could_send_nothing() -> None
                               RealtimeSettings(partial_every_s=0.5), "whisper-1",
                               accepts_model=lambda _: True, languages=("en",), beta=False)
     turn = OpenTurn("item", 0, 0)
+    assert session._decode_every_s(turn) == OVERDUE_FROM_S  # the turn's first decode
+    turn.decoded_to = 16_000  # decoded once: re-decodes from here on
     assert session._decode_every_s(turn) == 0.5
     turn.decode_times.extend([0.2, 3.0, 0.3])  # one slow decode among quick ones
     assert session._decode_every_s(turn) == 0.5

@@ -115,18 +115,23 @@ def repeats_itself(tokens: Sequence[int], min_period: int) -> bool:
 
 
 class StopOnRepeat(StoppingCriteria):
-    """Ends each row whose generated tokens repeat themselves (`repeats_itself`). The rows
-    handed in start with the decoder's given input (start tokens, prompt, text prefix); the
-    first call comes after one generated token, which tells how long that input is."""
+    """Ends each row whose generated tokens repeat themselves (`repeats_itself`), and
+    keeps which rows it ended (`stopped`). The rows handed in start with the decoder's given
+    input (start tokens, prompt, text prefix); the first call comes after one generated
+    token, which tells how long that input is. A row ended at EOS is padded with EOS, a run
+    of one: it never counts as a repeat."""
 
     def __init__(self) -> None:
         self._given: int | None = None
+        self.stopped: list[bool] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         if self._given is None:
             self._given = input_ids.shape[1] - 1
+            self.stopped = [False] * input_ids.shape[0]
         rows = input_ids[:, self._given :].tolist()
         done = [repeats_itself(row, MIN_LOOP_PERIOD) for row in rows]
+        self.stopped = [before or now for before, now in zip(self.stopped, done, strict=True)]
         return torch.tensor(done, device=input_ids.device)
 
 
@@ -371,11 +376,11 @@ class WhisperBackend:
         # Whisper's generate reads max_length as the count of new tokens and adds the start
         # tokens itself; passing max_new_tokens instead draws a transformers warning per call.
         wanted = min(options.max_new_tokens or self._default_new_tokens, budget)
-        stop_on_repeat = stop_on_repeat and window_s < MAX_CHUNK_SECONDS
-        if stop_on_repeat:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnRepeat()])
+        repeats = StopOnRepeat()
         if window_s < MAX_CHUNK_SECONDS:
             cap = loop_token_cap(max(a.shape[0] for a in audios) / SAMPLE_RATE, len(forced))
+            if stop_on_repeat:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([repeats])
         else:
             cap = wanted  # no larger window to decode a loop again in
         kwargs["max_length"] = min(wanted, cap)
@@ -393,15 +398,14 @@ class WhisperBackend:
             texts = [start + text for text in texts]
         # generate strips each row's EOS and right-pads the rows to the longest, so a row
         # ran out only if the rows are as long as the cap and it ends in a plain token; or
-        # it was stopped on a repeat, and its tokens (padding left out) end with one.
+        # it was stopped on a repeat.
         gen = self.model.generation_config
         at_cap = cap < wanted and sequences.shape[-1] >= cap
         ends = {gen.eos_token_id, gen.pad_token_id}
+        stopped = repeats.stopped or [False] * len(audios)  # never called: no criterion
         ran_out = [
-            (at_cap and int(row[-1]) not in ends)
-            or (stop_on_repeat
-                and repeats_itself(_without_padding(row.tolist(), ends), MIN_LOOP_PERIOD))
-            for row in sequences
+            (at_cap and int(row[-1]) not in ends) or stopped[i]
+            for i, row in enumerate(sequences)
         ]
         results = [
             ChunkResult(text=t.strip(), language=lang)
@@ -466,11 +470,3 @@ class WhisperBackend:
                 text, frames, languages[i], audio.size / SAMPLE_RATE, tokenizer.decode)
             timed.append(tuple((w.word, round(w.start, 3), round(w.end, 3)) for w in words))
         return timed
-
-
-def _without_padding(tokens: list[int], ends: set[int]) -> list[int]:
-    """A generated row without the EOS and padding generate put after its last token."""
-    end = len(tokens)
-    while end and tokens[end - 1] in ends:
-        end -= 1
-    return tokens[:end]

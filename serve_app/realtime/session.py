@@ -612,14 +612,7 @@ class RealtimeSession:
         if self._partial is not None and not self._partial.done():
             return  # one re-decode at a time
         new_speech_s = (self._audio.end - turn.decoded_to) / SAMPLE_RATE
-        if turn.decoded_to == turn.start and self._settings.delta_deadline_s is not None:
-            # A turn's first decode waits for OVERDUE_FROM_S of its audio: a shorter one is
-            # mostly misheard ("Lucky." for "The"), and could send nothing on its own.
-            # (Agreement only, an early decode is the one the next agrees with.)
-            due = new_speech_s >= max(OVERDUE_FROM_S, self._settings.partial_every_s)
-        else:
-            due = new_speech_s >= self._decode_every_s(turn)
-        if due:
+        if new_speech_s >= self._decode_every_s(turn):
             self._partial = self._start_decode(turn)
 
     def _decode_every_s(self, turn: OpenTurn) -> float:
@@ -627,6 +620,11 @@ class RealtimeSession:
         space the next ones out: re-decoding a growing turn takes at most two thirds of
         the lane's time per stream, except right after a stalled decode, which is
         followed sooner (STALLED_EVERY)."""
+        if turn.decoded_to == turn.start and self._settings.delta_deadline_s is not None:
+            # A turn's first decode waits for OVERDUE_FROM_S of its audio: a shorter one is
+            # mostly misheard ("Lucky." for "The"), and could send nothing on its own.
+            # (Agreement only, an early decode is the one the next agrees with.)
+            return max(OVERDUE_FROM_S, self._settings.partial_every_s)
         if turn.stalled:
             return max(STALLED_EVERY * self._settings.partial_every_s, _median(turn.decode_times))
         return self._regular_every_s(turn)
