@@ -91,6 +91,20 @@ def test_checkpoint_build_is_deterministic(checkpoint: Path, tmp_path: Path) -> 
     assert digest(again) == digest(checkpoint)
 
 
+def test_full_size_config_has_the_real_models_dimensions() -> None:
+    # benchmarks/gpu.py measures this architecture; only the token ids follow the tokenizer.
+    from tests.tiny_glm_asr import _build_config, _build_tokenizer
+
+    tokenizer = _build_tokenizer()
+    config = _build_config(tokenizer, full_size=True)
+    audio, text = config.audio_config, config.text_config
+    assert (audio.hidden_size, audio.num_hidden_layers, audio.num_mel_bins) == (1280, 32, 128)
+    assert audio.intermediate_size == 4 * audio.hidden_size
+    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (2048, 28, 59264)
+    assert config.audio_token_id == tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    assert text.eos_token_id == [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]
+
+
 def test_saved_tokenizer_has_real_special_tokens_and_template(checkpoint: Path) -> None:
     processor = AutoProcessor.from_pretrained(checkpoint)
     tokenizer = processor.tokenizer

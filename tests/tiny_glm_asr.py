@@ -128,9 +128,18 @@ def _build_tokenizer() -> TokenizersBackend:
     )
 
 
-def _build_config(tokenizer: TokenizersBackend) -> GlmAsrConfig:
+def _build_config(tokenizer: TokenizersBackend, full_size: bool = False) -> GlmAsrConfig:
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    if full_size:
+        # transformers' GlmAsrConfig defaults are GLM-ASR-Nano-2512's dimensions (a 32-layer
+        # 1280-wide encoder, a 28-layer 2048-wide Llama, 59264 tokens); only the special
+        # token ids move to where this tokenizer has them.
+        config = GlmAsrConfig(audio_token_id=audio_token_id)
+        config.text_config.eos_token_id = eos_ids
+        config.text_config.pad_token_id = pad_id
+        return config
     audio_config = {
         "model_type": "glmasr_encoder",
         "hidden_size": 32,
@@ -153,9 +162,7 @@ def _build_config(tokenizer: TokenizersBackend) -> GlmAsrConfig:
         "pad_token_id": pad_id,
     }
     return GlmAsrConfig(
-        audio_config=audio_config,
-        text_config=text_config,
-        audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
+        audio_config=audio_config, text_config=text_config, audio_token_id=audio_token_id
     )
 
 
@@ -172,20 +179,32 @@ def _widen_weights(model: torch.nn.Module) -> None:
 
 def build_tiny_glm_asr(output_dir: Path) -> Path:
     """Write a tiny random GLM-ASR checkpoint (model, processor, generation config)."""
+    return build_random_glm_asr(output_dir)
+
+
+def build_random_glm_asr(output_dir: Path, *, full_size: bool = False, device: str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random GLM-ASR checkpoint: tiny (the tests'), or with GLM-ASR-Nano-2512's full
+    dimensions for speed and memory measurements (benchmarks/gpu.py), initialised on
+    `device` because 2B parameters take minutes to initialise on a CPU."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = _build_tokenizer()
-    config = _build_config(tokenizer)
+    config = _build_config(tokenizer, full_size)
 
     torch.manual_seed(SEED)
-    model = GlmAsrForConditionalGeneration(config).eval()
-    _widen_weights(model)
+    with torch.device(device):
+        model = GlmAsrForConditionalGeneration(config).eval()
+    if not full_size:
+        _widen_weights(model)
+    model.to(dtype)
     model.generation_config = GenerationConfig(
         eos_token_id=config.text_config.eos_token_id,
         pad_token_id=config.text_config.pad_token_id,
     )
     model.save_pretrained(output_dir)
+    del model
 
     processor = GlmAsrProcessor(
         feature_extractor=WhisperFeatureExtractor(feature_size=128),
