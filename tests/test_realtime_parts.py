@@ -158,6 +158,26 @@ def test_an_overdue_decode_sends_its_own_words_but_the_one_being_said() -> None:
     assert stable.update("The quick brown fox jumps over the.") == ""
 
 
+def test_a_decode_that_reads_the_sent_words_again_sends_no_repeat() -> None:
+    # A decoder started on the sent sentence looped and read it again: on its own reading
+    # (overdue) or agreed by a second decode that looped alike, the repeat is not sent,
+    # and the words before it are.
+    sentence = "The quick brown fox jumps over the lazy dog."
+    stable = StableText()
+    stable.sent = units(sentence)
+    looped = f"{sentence} {sentence} The"
+    assert stable.update(looped, overdue=True) == ""
+    assert stable.update(looped) == ""
+    stable = StableText()
+    stable.sent = units("The quick brown fox")
+    assert stable.update("The quick brown fox jumps over the lazy dog. Over the lazy dog. "
+                         "Over the", overdue=True) == " jumps over the lazy dog."
+    # A phrase of fewer than REPEAT_RUN words said again is speech, not a loop.
+    stable = StableText()
+    assert stable.update("No, no, no, I don't know, I don't know why", overdue=True) == (
+        "No, no, no, I don't know, I don't know")
+
+
 def test_the_final_decode_adds_what_follows_sent_text_worded_with_more_units() -> None:
     # A long turn's deltas (some sent on one decode's reading) came to three units more
     # than the final decode's wording of the same speech; counted, the remainder lost its

@@ -30,6 +30,12 @@ sent text (the newer one heard more speech and no more words, so its last is who
 Decodes mostly disagree on the older decode's last word, cut off mid-word; the words the
 newer decode heard before its own last one had speech after them, and the final decode of
 the turn is authoritative either way.
+
+No delta says again, word for word, the REPEAT_RUN or more units just before it. A decoder
+given the sent words as its start sometimes loops and reads them a second time; an
+overdue send, or two decodes that loop alike, would otherwise make that loop permanent.
+Such a delta is cut where the repeat begins; a phrase the speaker really said twice comes
+with the turn's final decode.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ ANCHOR_RUN = 3
 # many units the two decodes must share after it (0 disputed units: never bridged).
 MAX_DISPUTED = 2
 BRIDGE_RUN = 2
+# The shortest run of units whose repeat is taken for a decoder's loop ("no, no, no" is not).
+REPEAT_RUN = 4
 
 
 def units(text: str) -> list[str]:
@@ -95,6 +103,17 @@ def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int, int] | None
         return None
     last = blocks[-1]
     return last.a + last.size, last.b + last.size, last.size
+
+
+def _before_repeat(sent: list[str], new: list[str]) -> int:
+    """How many of `new` come before a run of REPEAT_RUN or more units that repeats the
+    units just before it (in `sent` + `new`); all of them when none does."""
+    keys = sent + new
+    for start in range(len(sent), len(keys)):
+        for period in range(REPEAT_RUN, min(start, len(keys) - start) + 1):
+            if keys[start:start + period] == keys[start - period:start]:
+                return start - len(sent)
+    return len(new)
 
 
 def _bridged(earlier: list[str], newer: list[str], agreed: int) -> int:
@@ -156,6 +175,7 @@ class StableText:
             # Two decodes that end alike though the newer heard more speech: its last word
             # is whole (the model did not hear the next one yet).
             agreed = len(rest) if rest == earlier else len(candidates)
+        agreed = _before_repeat([_key(u) for u in self.sent], keys[start:start + agreed])
         if not agreed:
             return ""
         return self._send(current[start:start + agreed])
