@@ -18,7 +18,8 @@ and calls the backends the model deployment calls (`serve_app/backends/`). Its p
             weights, saved and loaded through the backend like the real checkpoint, in
             FP16; batches of 1-64 five-second clips of speech, each forced to 40 new tokens
             (about what 5 s of speech takes), in full and trimmed windows: median and p95
-            batch latency, clips/s;
+            batch latency, clips/s, and the first batch of each size (`--glm-cache
+            static` compiles there);
 3. live     the Whisper checkpoint in FP16 with trimmed windows, as live sessions decode:
             a turn of 2-15 s decoded whole and continuing its first words (`text_prefix`),
             alone and with 7 other streams' turns in the same batch.
@@ -185,7 +186,8 @@ def speech_slices(seconds: float, count: int) -> list[np.ndarray]:
     return [audio[i * step:i * step + n].copy() for i in range(count)]
 
 
-def glm_phase(device: str, full_size: bool, result: dict, saved: Callable[[], None]) -> None:
+def glm_phase(device: str, full_size: bool, cache: str | None, result: dict,
+              saved: Callable[[], None]) -> None:
     import torch
 
     from serve_app.backends.base import DecodeOptions
@@ -193,7 +195,7 @@ def glm_phase(device: str, full_size: bool, result: dict, saved: Callable[[], No
     from tests.tiny_glm_asr import build_random_glm_asr
 
     dtype = torch.float16 if device == "cuda" else torch.float32
-    result.update(full_size=full_size, dtype=str(dtype).removeprefix("torch."),
+    result.update(full_size=full_size, dtype=str(dtype).removeprefix("torch."), cache=cache,
                   new_tokens=GLM_NEW_TOKENS, clip_s=GLM_CLIP_S, rows=[])
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -210,13 +212,20 @@ def glm_phase(device: str, full_size: bool, result: dict, saved: Callable[[], No
             result["parameters"] = sum(p.numel() for p in backend.model.parameters())
             # Random weights may pick an end token at any step; every clip makes 40 tokens.
             backend.model.generation_config.min_new_tokens = GLM_NEW_TOKENS
+            if cache:  # "static": transformers compiles the decoding step on CUDA
+                backend.model.generation_config.cache_implementation = cache
             for batch in GLM_BATCHES:
                 audios = speech_slices(GLM_CLIP_S, batch)
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                seconds = timed(lambda: backend.transcribe_batch(audios, options))
+                started = time.perf_counter()  # the first batch of a shape: compiles
+                backend.transcribe_batch(audios, options)
+                synchronize()
+                first_s = time.perf_counter() - started
+                seconds = timed(lambda: backend.transcribe_batch(audios, options),
+                                warm_up=lambda: None)
                 row = {
-                    "window": window, "batch": batch,
+                    "window": window, "batch": batch, "first_s": first_s,
                     "median_s": statistics.median(seconds), "p95_s": p95(seconds),
                     "clips_per_s": batch / statistics.median(seconds), "repeats": len(seconds),
                 }
@@ -273,7 +282,7 @@ def run(args: argparse.Namespace) -> None:
 
     phases = args.phases.split(",")
     if "glm" in phases:
-        glm_phase(device, not args.tiny_glm, out.setdefault("glm", {}), save)
+        glm_phase(device, not args.tiny_glm, args.glm_cache, out.setdefault("glm", {}), save)
     if "whisper" in phases:
         clips = load_clips([*args.clips, FIXTURES])[: args.max_clips]
         out["clips"] = [{"name": c["name"], "text": c["text"],
@@ -315,12 +324,15 @@ def report(path: Path) -> str:
         lines += [f"GLM-ASR ({glm['parameters'] / 1e9:.2f} B parameters, {glm['dtype']}, "
                   f"{glm['checkpoint_gib']:.1f} GiB checkpoint, load "
                   + ", ".join(f"{w} {s:.1f} s" for w, s in glm["load_s"].items())
-                  + f"), {glm['clip_s']:.0f}-s clips, {glm['new_tokens']} new tokens each", "",
-                  "| window | batch | clips/s | median batch s | p95 batch s | peak GiB |",
-                  "|---|---|---|---|---|---|"]
+                  + f"), {glm['clip_s']:.0f}-s clips, {glm['new_tokens']} new tokens each, "
+                  f"{glm.get('cache') or 'default'} cache", "",
+                  "| window | batch | clips/s | median batch s | p95 batch s | first batch s "
+                  "| peak GiB |",
+                  "|---|---|---|---|---|---|---|"]
         for r in glm["rows"]:
             lines.append(f"| {r['window']} | {r['batch']} | {r['clips_per_s']:.1f} | "
                          f"{r['median_s']:.3f} | {r['p95_s']:.3f} | "
+                         f"{r.get('first_s', float('nan')):.2f} | "
                          f"{r.get('peak_gib', float('nan')):.1f} |")
         lines.append("")
     if "live" in data:
@@ -341,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument("--clips", type=Path, action="append", default=[],
                             help="a directory of 16-kHz WAVs and their manifest.json; repeatable")
     run_parser.add_argument("--phases", default="glm,whisper,live")
+    run_parser.add_argument("--glm-cache", choices=("static",), default=None,
+                            help="GLM-ASR's KV cache: transformers' default, or static "
+                            "(compiled on CUDA; each new shape compiles first)")
     run_parser.add_argument("--max-clips", type=int, default=None,
                             help="use only the first N clips (a smoke run)")
     run_parser.add_argument("--device", choices=("cuda", "cpu"), default=None)
