@@ -168,6 +168,8 @@ class TurnPlan:
     text: str
     start: int  # stream sample (16 kHz) of the first speech sample
     end: int  # one past the last speech sample
+    # Each sentence's [start, end) in stream samples: the turn without its inner gaps.
+    sentences_at: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def speech_s(self) -> float:
@@ -224,14 +226,16 @@ def plan_stream(index: int, pool: list[Sentence], seconds: float) -> StreamPlan:
             speech_s += added_s
             next_sentence += 1
         start = position
+        sentences_at = []
         for i, sentence in enumerate(chosen):
             if i:
                 parts.append(silence(INNER_GAP_S))
                 position += parts[-1].size
             parts.append(sentence.audio)
+            sentences_at.append((position, position + sentence.audio.size))
             position += sentence.audio.size
         turns.append(TurnPlan(len(turns), [s.name for s in chosen],
-                              " ".join(s.text for s in chosen), start, position))
+                              " ".join(s.text for s in chosen), start, position, sentences_at))
         parts.append(silence(TURN_GAP_S))
         position += parts[-1].size
     return StreamPlan(index, turns, to_pcm(np.concatenate(parts).astype(np.float32)))
@@ -488,6 +492,17 @@ def items_of(run: StreamRun) -> tuple[list[Item], list[str], list[dict]]:
     return ordered, oddities, errors
 
 
+def speech_sent_between(run: StreamRun, turn: TurnPlan, after: float, until: float) -> float:
+    """Seconds of the turn's speech in the appends sent in (after, until]."""
+    per_append = APPEND_SAMPLES * SAMPLE_RATE // PCM_RATE  # stream samples an append holds
+    samples = 0
+    for k, sent_at in enumerate(run.sent):
+        if after < sent_at <= until:
+            lo, hi = k * per_append, (k + 1) * per_append
+            samples += sum(max(0, min(hi, b) - max(lo, a)) for a, b in turn.sentences_at)
+    return samples / SAMPLE_RATE
+
+
 def turn_results(run: StreamRun) -> tuple[list[dict], dict]:
     """One record per planned turn, and the stream's own record."""
     plan = run.plan
@@ -539,6 +554,10 @@ def turn_results(run: StreamRun) -> tuple[list[dict], dict]:
             "deltas_during_speech": len(during),
             "max_delta_gap_s": float(np.max(np.diff(during))) if len(during) >= 2 else None,
             "delta_gaps_s": [round(float(g), 3) for g in np.diff(during)],
+            # The same gaps in seconds of speech sent meanwhile (the issue's "every second
+            # of new speech"): the 0.2-s gaps between a turn's sentences left out.
+            "delta_speech_gaps_s": [round(speech_sent_between(run, turn, a, b), 3)
+                                    for a, b in zip(during, during[1:])],
             # The same, counted from the first speech sample's send to the last one's: a
             # turn whose partials stall entirely shows here, not above.
             "longest_wait_s": float(np.max(np.diff([first_sent, *during, last_sent])))
@@ -654,6 +673,7 @@ def summarise(turns: list[dict], streams: list[dict]) -> dict:
     first = [t["first_delta_s"] for t in turns if t["first_delta_s"] is not None]
     gaps = [t["max_delta_gap_s"] for t in turns if t["max_delta_gap_s"] is not None]
     every_gap = [g for t in turns for g in t["delta_gaps_s"]]
+    speech_gaps = [g for t in turns for g in t.get("delta_speech_gaps_s", [])]
     wers = [t["wer"] for t in turns if t["wer"] is not None]
     lags = [s["max_lag_s"] for s in streams if s["max_lag_s"] is not None]
     statuses = [t["status"] for t in turns]
@@ -675,6 +695,10 @@ def summarise(turns: list[dict], streams: list[dict]) -> dict:
         "delta_gap_p95_s": percentile(every_gap, 95),
         "delta_gaps_within_1s": (round(sum(g <= 1.0 for g in every_gap) / len(every_gap), 3)
                                  if every_gap else None),
+        # The same counted in seconds of speech between two deltas, as the issue asks.
+        "speech_gaps_within_1s": (round(sum(g <= 1.0 for g in speech_gaps)
+                                        / len(speech_gaps), 3) if speech_gaps else None),
+        "speech_gap_max_s": max(speech_gaps, default=None),
         "longest_wait_max_s": max((t["longest_wait_s"] for t in turns
                                    if t["longest_wait_s"] is not None), default=None),
         "speech_stopped_p50_s": percentile(
@@ -741,7 +765,8 @@ async def warm_up(url: str, pool: list[Sentence]) -> None:
 def table(phases: list[dict]) -> str:
     head = (f"{'files':>5} {'streams':>7} {'turns':>5} {'done':>5} | "
             f"{'final p50':>9} {'p95':>6} {'max':>6} | {'1st delta p50':>13} {'p95':>6} "
-            f"{'max':>6} | {'gap p50':>7} {'≤1s':>4} {'gap max':>7} {'wait max':>8} | "
+            f"{'max':>6} | {'gap p50':>7} {'≤1s':>4} {'gap max':>7} {'wait max':>8} "
+            f"{'sp ≤1s':>6} {'sp max':>6} | "
             f"{'stop':>5} {'c->f':>5} | "
             f"{'WER':>5} {'Δ WER':>5} | {'lag max':>7} | ok")
     lines = [head, "-" * len(head)]
@@ -749,7 +774,9 @@ def table(phases: list[dict]) -> str:
         "seconds; final / 1st delta: from the send of the turn's last / first speech sample; "
         "gap p50: median gap between two deltas during speech, ≤1s: the share of gaps of at "
         "most a second; gap max: the longest; wait max: the same counted from "
-        "the first to the last speech sample; stop: p50 end of speech -> speech_stopped; "
+        "the first to the last speech sample; sp ≤1s, sp max: the gaps counted in seconds of "
+        "speech sent between two deltas (the 0.2-s gaps inside turns left out); "
+        "stop: p50 end of speech -> speech_stopped; "
         "c->f: p50 committed -> completed; WER: mean per turn; Δ WER: of the deltas joined, "
         "over all turns; lag max: how far a sender fell "
         "behind real time; ok: within the target", width=100)
@@ -761,7 +788,8 @@ def table(phases: list[dict]) -> str:
             f"{fmt(s['first_delta_p50_s']):>13} {fmt(s['first_delta_p95_s']):>6} "
             f"{fmt(s['first_delta_max_s']):>6} | {fmt(s['delta_gap_p50_s']):>7} "
             f"{fmt(s['delta_gaps_within_1s']):>4} {fmt(s['max_delta_gap_max_s']):>7} "
-            f"{fmt(s['longest_wait_max_s']):>8} | "
+            f"{fmt(s['longest_wait_max_s']):>8} {fmt(s.get('speech_gaps_within_1s')):>6} "
+            f"{fmt(s.get('speech_gap_max_s')):>6} | "
             f"{fmt(s['speech_stopped_p50_s']):>5} {fmt(s['committed_to_final_p50_s']):>5} | "
             f"{fmt(s['wer_mean'], 3):>5} {fmt(s['deltas_wer_corpus'], 3):>5} | "
             f"{fmt(s['max_lag_s']):>7} | "

@@ -172,10 +172,23 @@ def test_a_decode_that_reads_the_sent_words_again_sends_no_repeat() -> None:
     stable.sent = units("The quick brown fox")
     assert stable.update("The quick brown fox jumps over the lazy dog. Over the lazy dog. "
                          "Over the", overdue=True) == " jumps over the lazy dog."
+    # Or the decoder started the turn over after the sent words.
+    stable = StableText()
+    stable.sent = units("The quick brown")
+    assert stable.update("The quick brown fox jumps. The quick brown fox jumps", overdue=True) == (
+        " fox jumps.")
+    stable = StableText()
+    stable.sent = units("The quick brown")
+    # Cut before a whole run: the stretch's first words, again, wait for the next decode.
+    assert stable.update("The quick brown fox jumps. The quick brown fox", overdue=True) == (
+        " fox jumps.")
     # A phrase of fewer than REPEAT_RUN words said again is speech, not a loop.
     stable = StableText()
     assert stable.update("No, no, no, I don't know, I don't know why", overdue=True) == (
         "No, no, no, I don't know, I don't know")
+    stable = StableText()
+    assert stable.update("No no no no no no no no no really", overdue=True) == (
+        "No no no no no no no no no")
 
 
 def test_the_final_decode_adds_what_follows_sent_text_worded_with_more_units() -> None:

@@ -265,10 +265,12 @@ def test_live_transcription_from_the_microphone(live_browser: WebDriver, service
         lambda s: next((line for line in s["lines"]
                         if line["cls"] == "turn final" and close_enough(line)), None),
         LIVE_DEADLINE_S, "a final turn that says the sentence")
-    # It was shown provisionally first: the deltas, appended, said what the turn says (but
-    # for a word a decode sent on its own reading when a delta was due, docs/realtime.md).
+    # It was shown provisionally first: the deltas, appended, said what was spoken (but for
+    # a word a decode sent on its own reading when a delta was due, docs/realtime.md). Held
+    # to the spoken text, as the final line is: against the final line, a word the final
+    # decode got wrong and the deltas got right would count too.
     assert final["deltas"] >= 1, final
-    assert word_error_rate([final["text"]], [final["provisional"]]) <= LIVE_MAX_WER, final
+    assert close_enough({"text": final["provisional"]}), final
     live_browser.save_screenshot(str(tmp_path / "webpage-live.png"))  # kept with pytest's tmp dirs
 
     # Stop: the microphone goes, a turn being spoken is committed and finished, and the

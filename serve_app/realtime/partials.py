@@ -31,11 +31,12 @@ Decodes mostly disagree on the older decode's last word, cut off mid-word; the w
 newer decode heard before its own last one had speech after them, and the final decode of
 the turn is authoritative either way.
 
-No delta says again, word for word, the REPEAT_RUN or more units just before it. A decoder
-given the sent words as its start sometimes loops and reads them a second time; an
-overdue send, or two decodes that loop alike, would otherwise make that loop permanent.
-Such a delta is cut where the repeat begins; a phrase the speaker really said twice comes
-with the turn's final decode.
+No delta says again, word for word, a run of REPEAT_RUN units that came before it in the
+stretch. A decoder given the sent words as its start sometimes loops: it reads them a
+second time, or starts the turn over ("The quick brown" + "fox jumps. The quick brown
+fox"); an overdue send, or two decodes that loop alike, would otherwise make that loop
+permanent. Such a delta is cut where the repeat begins; a phrase the speaker really said
+twice comes with the turn's final decode.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ ANCHOR_RUN = 3
 # many units the two decodes must share after it (0 disputed units: never bridged).
 MAX_DISPUTED = 2
 BRIDGE_RUN = 2
-# The shortest run of units whose repeat is taken for a decoder's loop ("no, no, no" is not).
+# A run of this many units said again in a stretch is taken for a decoder's loop.
 REPEAT_RUN = 4
 
 
@@ -106,14 +107,29 @@ def _last_match(sent: list[str], keys: list[str]) -> tuple[int, int, int] | None
 
 
 def _before_repeat(sent: list[str], new: list[str]) -> int:
-    """How many of `new` come before a run of REPEAT_RUN or more units that repeats the
-    units just before it (in `sent` + `new`); all of them when none does."""
+    """How many of `new` come before a run of REPEAT_RUN units that already came earlier
+    (in `sent` + `new`, ending before it starts); all of them when none does. A run that is
+    itself a shorter run repeated ("no no no no") is speech, not a loop."""
     keys = sent + new
-    for start in range(len(sent), len(keys)):
-        for period in range(REPEAT_RUN, min(start, len(keys) - start) + 1):
-            if keys[start:start + period] == keys[start - period:start]:
-                return start - len(sent)
+    seen: set[tuple[str, ...]] = set()
+    for start in range(len(keys) - REPEAT_RUN + 1):
+        if start >= REPEAT_RUN:  # runs that end before this one starts
+            seen.add(tuple(keys[start - REPEAT_RUN:start]))
+        run = tuple(keys[start:start + REPEAT_RUN])
+        if start >= len(sent) and run in seen and not _periodic(run):
+            return start - len(sent)
+    # A decode that started the stretch over and was cut before a whole run: its last
+    # units are the stretch's first ones. They wait for the next decode.
+    tail = REPEAT_RUN - 1
+    if (len(new) >= tail and len(keys) >= 2 * tail and keys[-tail:] == keys[:tail]
+            and not _periodic(tuple(keys[:tail]))):
+        return len(new) - tail
     return len(new)
+
+
+def _periodic(run: tuple[str, ...]) -> bool:
+    return any(all(run[i] == run[i - period] for i in range(period, len(run)))
+               for period in range(1, len(run)))
 
 
 def _bridged(earlier: list[str], newer: list[str], agreed: int) -> int:

@@ -71,8 +71,10 @@ END_MARGIN_WINDOWS = 2
 # A language detected on this much of a turn's audio is given to later re-decodes.
 LANGUAGE_FROM_S = 2.0
 # A decode of less of the turn than this is never sent on its own reading: on a turn's
-# first second Whisper base often mishears the start ("That would be a quick...").
-OVERDUE_FROM_S = 1.0
+# first second Whisper base often mishears the start ("That would be a quick...", "The
+# Quake Brow." at 1.0 s of audio, "The quick brown fog" at 1.3 s). With the default 300-ms
+# prefix padding this is a second of speech.
+OVERDUE_FROM_S = 1.3
 # After a decode that was due to send a delta and could not (past the sent text it heard
 # only the word still being said), the next comes after this share of partial_every_s, or
 # after the recent re-decodes' own time rather than one and a half times it: the word is most
