@@ -31,6 +31,7 @@ TF32 for matrix products, TF32 for convolutions), as the service does.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -103,6 +104,8 @@ def timed(run: Callable[[], object], repeats: int = MIN_REPEATS,
 
 
 def p95(values: list[float]) -> float:
+    # Not benchmarks.common.percentile: that module needs soundfile and httpx, which `run`
+    # does without (a GPU image has neither).
     return float(np.percentile(values, 95))
 
 
@@ -178,9 +181,14 @@ def whisper_phase(model: str, clips: list[dict], device: str, rows: list[dict],
             free(device)
 
 
+@functools.cache
+def long_fixture() -> np.ndarray:
+    return read_wav(FIXTURES / "long_45s.wav")
+
+
 def speech_slices(seconds: float, count: int) -> list[np.ndarray]:
     """`count` different `seconds`-long slices of the committed long speech fixture."""
-    audio = read_wav(FIXTURES / "long_45s.wav")
+    audio = long_fixture()
     n = int(seconds * SAMPLE_RATE)
     step = max(1, (audio.shape[0] - n) // max(1, count))
     return [audio[i * step:i * step + n].copy() for i in range(count)]
@@ -292,14 +300,10 @@ def run(args: argparse.Namespace) -> None:
         live_phase(args.whisper, device, out.setdefault("live", []), save)
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    from benchmarks.accuracy import word_error_rate as wer
-
-    return wer(references, hypotheses)
-
-
 def report(path: Path) -> str:
     """Markdown tables of a run's figures, with word error rates against the clips' texts."""
+    from benchmarks.accuracy import word_error_rate  # jiwer: here, not on the GPU machine
+
     data = json.loads(path.read_text(encoding="utf-8"))
     env = data["environment"]
     lines = [f"{env.get('gpu', env['device'])}, torch {env['torch']}, "

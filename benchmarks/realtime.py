@@ -673,7 +673,7 @@ def summarise(turns: list[dict], streams: list[dict]) -> dict:
     first = [t["first_delta_s"] for t in turns if t["first_delta_s"] is not None]
     gaps = [t["max_delta_gap_s"] for t in turns if t["max_delta_gap_s"] is not None]
     every_gap = [g for t in turns for g in t["delta_gaps_s"]]
-    speech_gaps = [g for t in turns for g in t.get("delta_speech_gaps_s", [])]
+    speech_gaps = [g for t in turns for g in t["delta_speech_gaps_s"]]
     wers = [t["wer"] for t in turns if t["wer"] is not None]
     lags = [s["max_lag_s"] for s in streams if s["max_lag_s"] is not None]
     statuses = [t["status"] for t in turns]
@@ -788,8 +788,8 @@ def table(phases: list[dict]) -> str:
             f"{fmt(s['first_delta_p50_s']):>13} {fmt(s['first_delta_p95_s']):>6} "
             f"{fmt(s['first_delta_max_s']):>6} | {fmt(s['delta_gap_p50_s']):>7} "
             f"{fmt(s['delta_gaps_within_1s']):>4} {fmt(s['max_delta_gap_max_s']):>7} "
-            f"{fmt(s['longest_wait_max_s']):>8} {fmt(s.get('speech_gaps_within_1s')):>6} "
-            f"{fmt(s.get('speech_gap_max_s')):>6} | "
+            f"{fmt(s['longest_wait_max_s']):>8} {fmt(s['speech_gaps_within_1s']):>6} "
+            f"{fmt(s['speech_gap_max_s']):>6} | "
             f"{fmt(s['speech_stopped_p50_s']):>5} {fmt(s['committed_to_final_p50_s']):>5} | "
             f"{fmt(s['wer_mean'], 3):>5} {fmt(s['deltas_wer_corpus'], 3):>5} | "
             f"{fmt(s['max_lag_s']):>7} | "
